@@ -1,0 +1,183 @@
+"""Load a spec file into a validated `Spec`: the first stage of the pipeline.
+
+Accepts a `.json` file, or a design card (`.md`/`.txt`) whose first ```json fenced block is
+the spec. JSON syntax errors name line and column in the file the user opened. A trailing
+comma is tolerated with a warning (the design card's own spec has one); comments, NaN,
+duplicate keys and other non-JSON are errors. `"extends": "base.json"` applies the document
+as a JSON Merge Patch (RFC 7386) on top of its base, recursively; a cycle is an error.
+
+Raw dicts live only in this module: `load_spec` hands back a typed `Spec`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Problem, SpecError, pointer, warning
+
+CARD_SUFFIXES = {".md", ".txt", ".markdown"}
+_FENCE = re.compile(r"^```json[ \t]*\r?\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+@dataclass
+class LoadedDocument:
+    """A spec document after parsing and `extends` merging, before validation."""
+
+    data: dict[str, Any]
+    path: Path
+    warnings: list[Problem] = field(default_factory=list)
+    chain: list[Path] = field(default_factory=list)  # this file first, then its bases
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def read_text(path: Path) -> str:
+    """Read a spec file as UTF-8, turning every way a file can be unusable into a SpecError."""
+    source = str(path)
+    if not path.exists():
+        raise SpecError(Problem("", f"file not found: {path}"), source)
+    if path.is_dir():
+        raise SpecError(Problem("", f"{path} is a directory, not a spec file"), source)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(Problem("", f"cannot read {path}: {exc.strerror or exc}"), source) from None
+    if not raw.strip():
+        raise SpecError(Problem("", "file is empty"), source)
+    if b"\x00" in raw:
+        raise SpecError(Problem("", "file is binary (contains NUL bytes), not a JSON spec"), source)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(Problem("", f"invalid UTF-8 at byte {exc.start} (line {line})", "save the file as UTF-8"), source) from None
+
+
+def extract_card_json(text: str, source: str) -> tuple[str, int]:
+    """The first ```json block of a design card and the number of lines before it."""
+    match = _FENCE.search(text)
+    if match is None:
+        raise SpecError(Problem("", "design card has no ```json fenced block", "put the spec in a ```json ... ``` block"), source)
+    return match.group(1), text[: match.start(1)].count("\n")
+
+
+def _strip_trailing_commas(text: str, line_offset: int) -> tuple[str, list[Problem]]:
+    """Blank out commas that directly precede `}` or `]` (outside strings), with a warning each."""
+    chars = list(text)
+    warnings: list[Problem] = []
+    in_string = escaped = False
+    for i, ch in enumerate(chars):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch == ",":
+            j = i + 1
+            while j < len(chars) and chars[j] in " \t\r\n":
+                j += 1
+            if j < len(chars) and chars[j] in "}]":
+                chars[i] = " "
+                line = text.count("\n", 0, i) + 1 + line_offset
+                warnings.append(warning("", f"trailing comma at line {line} ignored", "JSON does not allow it; remove it"))
+    return "".join(chars), warnings
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _NotJson(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson(f"number {text} is out of range (not finite)")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not valid JSON")
+
+
+def parse_json(text: str, source: str, line_offset: int = 0) -> tuple[Any, list[Problem]]:
+    """Parse JSON text; errors give line and column in the original file."""
+    cleaned, warnings = _strip_trailing_commas(text, line_offset)
+    try:
+        data = json.loads(
+            cleaned,
+            object_pairs_hook=_reject_duplicates,
+            parse_float=_finite_float,
+            parse_constant=_reject_constant,
+        )
+    except json.JSONDecodeError as exc:
+        line = exc.lineno + line_offset
+        raise SpecError(Problem("", f"JSON syntax error at line {line}, column {exc.colno}: {exc.msg}"), source) from None
+    except _NotJson as exc:
+        raise SpecError(Problem("", f"not valid JSON: {exc}"), source) from None
+    return data, warnings
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON Merge Patch: objects merge key by key, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def load_document(path: str | Path, _stack: tuple[Path, ...] = ()) -> LoadedDocument:
+    """Read, parse and `extends`-merge one spec file into a plain document."""
+    path = Path(path)
+    source = str(path)
+    text = read_text(path)
+    line_offset = 0
+    if path.suffix.lower() in CARD_SUFFIXES:
+        text, line_offset = extract_card_json(text, source)
+    data, warnings = parse_json(text, source, line_offset)
+    if not isinstance(data, dict):
+        raise SpecError(Problem("", f"a spec is a JSON object, got {type(data).__name__}"), source)
+    warnings = [Problem(w.path, f"{path.name}: {w.message}", w.hint, w.severity) for w in warnings]
+
+    here = path.resolve()
+    chain = [path]
+    base_ref = data.pop("extends", None)
+    if base_ref is not None:
+        if not isinstance(base_ref, str) or not base_ref.strip():
+            raise SpecError(Problem(pointer("extends"), "must be a non-empty relative path to the base spec"), source)
+        base_path = (path.parent / base_ref)
+        if base_path.resolve() in (*_stack, here):
+            names = " -> ".join(p.name for p in (*_stack, here, base_path.resolve()))
+            raise SpecError(Problem(pointer("extends"), f"extends cycle: {names}"), source)
+        base = load_document(base_path, (*_stack, here))
+        data = merge_patch(base.data, data)
+        warnings = base.warnings + warnings
+        chain += base.chain
+    return LoadedDocument(data=data, path=path, warnings=warnings, chain=chain)
+
+
+def load_spec(path: str | Path):  # -> Spec (imported lazily to keep this module's import light)
+    """Load, merge and validate a spec file; raises SpecError listing every problem found."""
+    from .validate import validate_document
+
+    return validate_document(load_document(path))

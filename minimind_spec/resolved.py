@@ -1,0 +1,98 @@
+"""The resolved spec: typed, concrete configuration objects that flow down the pipeline.
+
+`resolve.py` fills these from a `Spec`; the graph builder, the compiler and the builders
+read them. They are plain frozen dataclasses with no defaults of their own, so every value
+in them was decided (and recorded with its provenance) by the resolver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .errors import Problem
+from .schema import Spec
+
+AttentionBackendName = Literal["flash-attn2", "sdpa", "eager"]
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """RoPE scaling: kind 'none' | 'linear' | 'ntk' | 'yarn' and its concrete parameters."""
+
+    kind: Literal["none", "linear", "ntk", "yarn"]
+    factor: float
+    original_max_position_embeddings: int
+    beta_fast: float
+    beta_slow: float
+    attention_factor: float
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    num_experts: int
+    top_k: int
+    aux_loss: bool
+    aux_loss_weight: float
+    num_shared_experts: int
+    norm_topk_prob: bool
+    expert_hidden: int
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    rank: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]  # projection names, e.g. ("q_proj", "v_proj")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build the network, flat and concrete."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    mlp_hidden: int
+    activation: Literal["SiLU", "GELU", "ReLU"]
+    norm: Literal["RMSNorm", "LayerNorm"]
+    norm_eps: float
+    positional_encoding: Literal["RoPE", "Absolute"]
+    rope_theta: float
+    rope_scaling: RopeConfig
+    max_position_embeddings: int
+    seq_len: int
+    dropout: float
+    sd_prob: float
+    tie_word_embeddings: bool
+    attention_backend: AttentionBackendName  # preferred; flash-attn2 falls back to sdpa where it cannot run
+    moe: MoEConfig | None  # None: dense SwiGLU MLP in every layer
+    lora: LoRAConfig | None  # None: no adapters
+    label_smoothing: float
+    dtype: Literal["float32", "bfloat16", "float16"]
+    static_kv_cache: bool  # the 'kv-cache-pinning' trick: preallocated per-layer buffers
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A spec with every value concrete. `provenance` maps each field path (e.g.
+    'model.d_model') to where its value came from: 'spec:/hyperparams/d_model', 'default',
+    'derived: mlp_ratio x d_model' or 'variant: MoE'."""
+
+    name: str
+    variant: str | None
+    model: ModelConfig
+    spec: Spec  # the validated spec as written: training sections and declared numbers
+    reasoning_token_masking: bool
+    teacher_spec: Path | None
+    provenance: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[Problem, ...] = ()

@@ -1,0 +1,97 @@
+"""Spec sections that describe training: regularization, optim and the techniques.
+
+The techniques (lora, sft, dpo, distill, adapters, quant) are read by the planner; LoRA is
+also part of the module graph, since its adapters are modules of the compiled model.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .base import NonEmptyStr, NonNegativeInt, PositiveFloat, PositiveInt, Probability, SpecModel
+
+Projection = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PROJECTIONS: tuple[str, ...] = Projection.__args__  # type: ignore[attr-defined]
+
+
+class Regularization(SpecModel):
+    weight_decay: Annotated[float, Field(ge=0.0)] = Field(default=0.0, description="AdamW decoupled weight decay.")
+    grad_clip: PositiveFloat | None = Field(default=1.0, description="Clip the global gradient norm to this value; null disables.")
+    label_smoothing: Probability = Field(default=0.0, description="Label smoothing of the cross-entropy loss.")
+
+
+class Optim(SpecModel):
+    optimizer: Literal["AdamW", "Adam", "SGD"] = Field(default="AdamW", description="Optimizer.")
+    betas: tuple[Probability, Probability] = Field(default=(0.9, 0.95), description="Adam betas (beta1, beta2).")
+    lr: PositiveFloat = Field(default=1e-4, description="Peak learning rate.")
+    warmup: NonNegativeInt = Field(default=0, description="Linear warmup steps; must be shorter than max_steps when that is set.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Decay after warmup.")
+    max_steps: PositiveInt | None = Field(default=None, description="Length of a run in optimizer steps; null lets epochs decide.")
+    batch_size: PositiveInt = Field(default=8, description="Sequences per optimizer step (the card's recipes use 8).")
+
+
+class LoRA(SpecModel):
+    enabled: bool = Field(default=False, description="Attach LoRA adapters and train only them.")
+    placements: list[NonEmptyStr] = Field(
+        default=[], description="Projections that get an adapter: any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj."
+    )
+    rank: PositiveInt = Field(default=8, description="Adapter rank r.")
+    alpha: PositiveFloat = Field(default=16.0, description="Adapter scale numerator: the update is (alpha / rank) * B A x.")
+    dropout: Probability = Field(default=0.0, description="Dropout on the adapter input.")
+    trainable_params: NonNegativeInt | None = Field(default=None, description="Declared adapter parameter count. Checked, never trusted.")
+    percentage: Annotated[float, Field(ge=0.0, le=100.0)] | None = Field(
+        default=None, description="Declared trainable share in percent of all parameters. Checked, never trusted."
+    )
+
+
+class SFT(SpecModel):
+    enabled: bool = Field(default=False, description="Run supervised fine-tuning.")
+    datasets: list[NonEmptyStr] = Field(default=[], description="Dataset names; at least one when enabled.")
+    loss: Literal["cross_entropy"] = Field(default="cross_entropy", description="SFT objective.")
+    epochs: PositiveInt = Field(default=1, description="Passes over the data.")
+
+
+class DPO(SpecModel):
+    enabled: bool = Field(default=False, description="Run direct preference optimisation.")
+    beta: PositiveFloat = Field(default=0.1, description="DPO temperature beta.")
+    reference_model: NonEmptyStr = Field(default="base_model", description="Frozen reference policy; 'base_model' is the model before DPO.")
+    pair_source: NonEmptyStr = Field(default="preference_pairs", description="Dataset of chosen/rejected pairs.")
+    loss: Literal["sigmoid", "hinge", "ipo"] = Field(default="sigmoid", description="DPO loss variant.")
+
+
+class Distill(SpecModel):
+    enabled: bool = Field(default=False, description="Distil from a teacher model.")
+    type: Literal["logit", "hidden"] = Field(default="logit", description="Match output logits or hidden states.")
+    teacher: NonEmptyStr = Field(default="larger_model", description="Teacher name; resolved to `<name>.json` beside the spec unless teacher_spec is set.")
+    teacher_spec: NonEmptyStr | None = Field(default=None, description="Path of the teacher's spec, relative to this spec's file.")
+    loss: Literal["KL", "reverse_KL", "MSE"] = Field(default="KL", description="Distillation loss.")
+    temperature: PositiveFloat = Field(default=1.0, description="Softmax temperature of teacher and student logits.")
+    layers: list[NonNegativeInt] = Field(default=[], description="Student layers whose hidden states are matched (type 'hidden').")
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = Field(default=0.5, description="Weight of the distillation loss against the hard-label loss.")
+    reasoning_token_masking: bool | None = Field(
+        default=None, description="Weight reasoning-span tokens separately. Default: on when tricks lists 'reasoning-token-masking'."
+    )
+    reasoning_token_weight: Annotated[float, Field(ge=0.0)] = Field(default=0.5, description="Loss weight of reasoning tokens when masking is on (card section D: 0.5).")
+
+
+class Adapters(SpecModel):
+    enabled: bool = Field(default=False, description="Bottleneck adapters (not compiled yet; must stay disabled).")
+    bottleneck: NonNegativeInt = Field(default=0, description="Adapter bottleneck width.")
+    placements: list[NonEmptyStr] = Field(default=[], description="Where adapters go.")
+
+
+class Quant(SpecModel):
+    enabled: bool = Field(default=False, description="Quantise weights (planning only).")
+    scheme: Literal["", "int8", "int4", "nf4", "fp8"] = Field(default="", description="Quantisation scheme; required when enabled.")
+    where: list[NonEmptyStr] = Field(default=[], description="Which projections to quantise.")
+
+
+class Techniques(SpecModel):
+    lora: LoRA = Field(default_factory=LoRA, description="Low-rank adapters.")
+    sft: SFT = Field(default_factory=SFT, description="Supervised fine-tuning.")
+    dpo: DPO = Field(default_factory=DPO, description="Direct preference optimisation.")
+    distill: Distill = Field(default_factory=Distill, description="Knowledge distillation.")
+    adapters: Adapters = Field(default_factory=Adapters, description="Bottleneck adapters.")
+    quant: Quant = Field(default_factory=Quant, description="Quantisation.")

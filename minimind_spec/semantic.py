@@ -1,0 +1,159 @@
+"""Semantic checks: rules that span fields, which no per-field type can express.
+
+Runs on a `Spec` that already passed the schema. Returns (errors, warnings); the validator
+raises all errors together. Each problem points at the field a user would edit.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from .errors import Problem, pointer, warning
+from .schema import PROJECTIONS, Spec
+
+
+def semantic_problems(spec: Spec) -> tuple[list[Problem], list[Problem]]:
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    for check in (_check_shapes, _check_moe, _check_lora, _check_training, _check_tricks, _check_distill, _check_misc):
+        check(spec, errors, warnings)
+    return errors, warnings
+
+
+def _check_shapes(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
+    hp = spec.hyperparams
+    if hp.d_model % hp.n_heads:
+        errors.append(Problem(pointer("hyperparams", "n_heads"), f"d_model {hp.d_model} is not divisible by n_heads {hp.n_heads}"))
+    elif spec.backbone.positional_encoding == "RoPE" and (hp.d_model // hp.n_heads) % 2:
+        errors.append(Problem(pointer("hyperparams", "n_heads"), f"head dimension {hp.d_model // hp.n_heads} is odd; RoPE rotates pairs of dimensions"))
+    if hp.n_kv_heads is not None and hp.n_heads % hp.n_kv_heads:
+        errors.append(Problem(pointer("hyperparams", "n_kv_heads"), f"n_heads {hp.n_heads} is not divisible by n_kv_heads {hp.n_kv_heads}"))
+    if hp.max_position_embeddings is not None and hp.max_position_embeddings < hp.seq_len:
+        errors.append(Problem(pointer("hyperparams", "max_position_embeddings"), f"{hp.max_position_embeddings} is shorter than seq_len {hp.seq_len}"))
+    if hp.rope_scaling is not None and hp.rope_scaling.type != "none" and spec.backbone.positional_encoding != "RoPE":
+        errors.append(Problem(pointer("hyperparams", "rope_scaling"), f"RoPE scaling set but positional_encoding is {spec.backbone.positional_encoding!r}"))
+    hidden = hp.mlp_ratio * hp.d_model
+    if abs(hidden - round(hidden)) > 1e-6:
+        warnings.append(warning(pointer("hyperparams", "mlp_ratio"), f"mlp_ratio x d_model = {hidden:g} is not a whole number; the MLP uses {round(hidden)}"))
+
+
+def _check_moe(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
+    moe = spec.moe
+    if moe.top_k > moe.num_experts:
+        errors.append(Problem(pointer("moe", "top_k"), f"top_k {moe.top_k} is larger than num_experts {moe.num_experts}"))
+    if "moe-aux-loss" in spec.tricks and moe.aux_loss is False:
+        errors.append(Problem(pointer("moe", "aux_loss"), "is false but tricks lists 'moe-aux-loss'", "drop one of the two"))
+    if "MoE" not in spec.backbone.variants and "moe" in spec.model_fields_set:
+        warnings.append(warning(pointer("moe"), "MoE settings given but backbone.variants does not list 'MoE'; they are unused"))
+
+
+def _check_lora(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
+    import difflib
+
+    lora = spec.techniques.lora
+    base = pointer("techniques", "lora", "placements")
+    for i, name in enumerate(lora.placements):
+        if name not in PROJECTIONS:
+            guess = difflib.get_close_matches(name, PROJECTIONS, n=1, cutoff=0.5)
+            hint = f"did you mean {guess[0]!r}?" if guess else f"projections in the graph: {', '.join(PROJECTIONS)}"
+            errors.append(Problem(f"{base}/{i}", f"{name!r} names no projection in the graph", hint))
+    for name, count in Counter(lora.placements).items():
+        if count > 1:
+            warnings.append(warning(base, f"{name!r} is listed {count} times"))
+    if lora.enabled and not lora.placements:
+        errors.append(Problem(base, "LoRA is enabled but names no placements"))
+
+
+def _check_training(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
+    optim, tech = spec.optim, spec.techniques
+    if optim.max_steps is not None and optim.warmup >= optim.max_steps:
+        errors.append(Problem(pointer("optim", "warmup"), f"warmup {optim.warmup} steps is not shorter than the run (max_steps {optim.max_steps})"))
+    if optim.scheduler == "constant" and optim.warmup:
+        warnings.append(warning(pointer("optim", "warmup"), "warmup with a constant scheduler ramps up and then holds lr"))
+    if tech.sft.enabled and not tech.sft.datasets:
+        errors.append(Problem(pointer("techniques", "sft", "datasets"), "SFT is enabled but names no dataset"))
+    if tech.adapters.enabled:
+        if tech.adapters.bottleneck == 0:
+            errors.append(Problem(pointer("techniques", "adapters", "bottleneck"), "adapters are enabled with bottleneck 0"))
+        if not tech.adapters.placements:
+            errors.append(Problem(pointer("techniques", "adapters", "placements"), "adapters are enabled but name no placements"))
+    if tech.quant.enabled and not tech.quant.scheme:
+        errors.append(Problem(pointer("techniques", "quant", "scheme"), "quantisation is enabled but the scheme is empty", "one of int8, int4, nf4, fp8"))
+    if tech.dpo.enabled and tech.dpo.beta > 10:
+        warnings.append(warning(pointer("techniques", "dpo", "beta"), f"beta {tech.dpo.beta} is unusually large (typical 0.05-0.5)"))
+
+
+def _check_tricks(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
+    tricks = set(spec.tricks)
+    for name, count in Counter(spec.tricks).items():
+        if count > 1:
+            warnings.append(warning(pointer("tricks"), f"{name!r} is listed {count} times"))
+    backend = spec.backbone.attention_backend
+    if "flash-attn2" in tricks and backend in ("sdpa", "eager"):
+        errors.append(Problem(pointer("backbone", "attention_backend"), f"is {backend!r} but tricks lists 'flash-attn2'", "drop one of the two"))
+    if "Flash Attention" in spec.backbone.variants and backend in ("sdpa", "eager"):
+        errors.append(Problem(pointer("backbone", "attention_backend"), f"is {backend!r} but variants lists 'Flash Attention'"))
+    if "rope-scaling" in tricks and spec.hyperparams.rope_scaling is None:
+        warnings.append(warning(pointer("tricks"), "lists 'rope-scaling' but hyperparams.rope_scaling is not set; RoPE stays unscaled",
+                                "set hyperparams.rope_scaling to linear, ntk or yarn"))
+    if "moe-aux-loss" in tricks and "MoE" not in spec.backbone.variants:
+        warnings.append(warning(pointer("tricks"), "lists 'moe-aux-loss' but backbone.variants has no 'MoE'"))
+    if "reasoning-token-masking" in tricks and spec.techniques.distill.reasoning_token_masking is False:
+        errors.append(Problem(pointer("techniques", "distill", "reasoning_token_masking"), "is false but tricks lists 'reasoning-token-masking'"))
+
+
+def teacher_spec_path(spec: Spec) -> tuple[Path | None, bool]:
+    """Where the distillation teacher's spec is, and whether the spec named it explicitly."""
+    distill = spec.techniques.distill
+    here = spec.origin.path.parent if spec.origin is not None else Path.cwd()
+    if distill.teacher_spec is not None:
+        return here / distill.teacher_spec, True
+    candidate = here / f"{distill.teacher}.json"
+    return (candidate if candidate.is_file() else None), False
+
+
+def _check_distill(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
+    from .errors import SpecError
+    from .loader import load_document
+    from .validate import model_problems
+
+    distill = spec.techniques.distill
+    n_layers = spec.hyperparams.n_layers
+    for i, layer in enumerate(distill.layers):
+        if layer >= n_layers:
+            errors.append(Problem(pointer("techniques", "distill", "layers", i), f"layer {layer} does not exist (the model has {n_layers})"))
+    if not distill.enabled:
+        return
+    if distill.type == "hidden" and not distill.layers:
+        errors.append(Problem(pointer("techniques", "distill", "layers"), "hidden-state distillation needs at least one layer"))
+    path, explicit = teacher_spec_path(spec)
+    where = pointer("techniques", "distill", "teacher_spec" if explicit else "teacher")
+    if path is None:
+        warnings.append(warning(where, f"no spec found for teacher {distill.teacher!r} (looked for {distill.teacher}.json beside this spec); its vocab is not checked"))
+        return
+    try:
+        teacher, problems = model_problems(load_document(path).data)
+    except SpecError as exc:
+        errors.append(Problem(where, f"teacher spec {path} cannot be loaded: {exc.problems[0]}"))
+        return
+    if teacher is None:
+        errors.append(Problem(where, f"teacher spec {path} is invalid: {problems[0]}"))
+    elif teacher.hyperparams.vocab != spec.hyperparams.vocab:
+        errors.append(Problem(where, f"teacher vocab {teacher.hyperparams.vocab} differs from the student's {spec.hyperparams.vocab}",
+                              "logit distillation needs one shared vocabulary"))
+
+
+def _check_misc(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
+    for name, count in Counter(m.name for m in spec.modules).items():
+        if count > 1:
+            warnings.append(warning(pointer("modules"), f"module name {name!r} is declared {count} times"))
+    for i, point in enumerate(spec.concat_merge_points):
+        if point.from_ == point.to:
+            errors.append(Problem(pointer("concat_merge_points", i, "to"), f"merge point goes from {point.to!r} to itself"))
+    total = spec.total_params
+    if None not in (total.all, total.trainable, total.frozen) and total.trainable + total.frozen != total.all:
+        warnings.append(warning(pointer("total_params"), f"declared trainable {total.trainable:,} + frozen {total.frozen:,} != all {total.all:,}"))
+    for name, count in Counter(spec.backbone.variants).items():
+        if count > 1:
+            warnings.append(warning(pointer("backbone", "variants"), f"{name!r} is listed {count} times"))

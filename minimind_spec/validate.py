@@ -1,0 +1,183 @@
+"""Validate a loaded document: JSON Schema, then pydantic, then semantic checks.
+
+Everything wrong is collected and raised together as one `SpecError`, each problem with its
+JSON Pointer and, for misspelled keys and closed choices, a "did you mean". The JSON Schema
+is the one pydantic generates (and `minimind-spec schema` writes), so an editor using the
+schema and this command flag the same places.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import types
+import typing
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ValidationError
+
+from .errors import Problem, SpecError, pointer
+from .loader import LoadedDocument
+from .schema import Spec
+
+
+@lru_cache(maxsize=1)
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec document, generated from the pydantic models."""
+    schema = Spec.model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "MiniMind architecture spec"
+    props = schema["properties"]
+    props["extends"] = {"type": "string", "minLength": 1, "description": "Base spec this one patches (JSON Merge Patch, RFC 7386)."}
+    return schema
+
+
+@lru_cache(maxsize=1)
+def _schema_validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json_schema())
+
+
+def schema_problems(data: Any) -> list[Problem]:
+    """Problems the JSON Schema finds, as an editor would show them."""
+    problems = []
+    for err in _schema_validator().iter_errors(data):
+        problems.append(Problem(pointer(*err.absolute_path), err.message))
+    return problems
+
+
+# ----- pydantic errors -> problems with JSON Pointers and suggestions -----
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Annotated[...] and `X | None` down to the interesting type."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _field_by_key(model: type[BaseModel], key: str) -> tuple[str, Any] | None:
+    for name, info in model.model_fields.items():
+        if key in (name, info.alias):
+            return info.alias or name, info.annotation
+    return None
+
+
+def _union_member_for_tag(annotation: Any, tag: str) -> type[BaseModel] | None:
+    for member in typing.get_args(annotation):
+        member = _unwrap(member)
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            type_field = member.model_fields.get("type")
+            if type_field is not None and tag in typing.get_args(type_field.annotation):
+                return member
+    return None
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, type[BaseModel] | None]:
+    """Map a pydantic error location to (JSON Pointer, annotation there, enclosing model)."""
+    parts: list[str | int] = []
+    annotation: Any = Spec
+    parent: type[BaseModel] | None = None
+    for item in loc:
+        current = _unwrap(annotation)
+        origin = typing.get_origin(current)
+        if isinstance(item, int) and origin in (list, tuple):
+            args = typing.get_args(current)
+            parts.append(item)
+            annotation = args[item] if origin is tuple and item < len(args) else (args[0] if args else Any)
+        elif isinstance(current, type) and issubclass(current, BaseModel):
+            parent = current
+            found = _field_by_key(current, str(item))
+            parts.append(found[0] if found else str(item))
+            annotation = found[1] if found else Any
+        elif isinstance(item, str) and (member := _union_member_for_tag(current, item)) is not None:
+            annotation = member  # discriminator tag in the location: not part of the document path
+        else:
+            parts.append(item)
+            annotation = Any
+    return pointer(*parts), annotation, parent
+
+
+def _closest(word: str, options: list[str]) -> str | None:
+    matches = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if not matches:
+        lowered = {o.lower(): o for o in options}
+        matches = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+        matches = [lowered[m] for m in matches]
+    return matches[0] if matches else None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _problem_from_pydantic(error: dict[str, Any]) -> Problem:
+    path, annotation, parent = _walk(tuple(error["loc"]))
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        key = str(error["loc"][-1])
+        options = [info.alias or name for name, info in parent.model_fields.items()] if parent else []
+        guess = _closest(key, options)
+        return Problem(path, f"unknown key {key!r}", f"did you mean {guess!r}?" if guess else f"allowed keys: {', '.join(options)}")
+    if kind == "missing":
+        return Problem(path, f"missing required key {path.rsplit('/', 1)[-1]!r}")
+    if kind == "literal_error":
+        options = [str(o) for o in typing.get_args(_unwrap(annotation))] if typing.get_origin(_unwrap(annotation)) is Literal else []
+        guess = _closest(str(value), options) if isinstance(value, str) else None
+        hint = f"did you mean {guess!r}?" if guess else (f"one of: {', '.join(map(repr, options))}" if options else None)
+        return Problem(path, f"{_short(value)} is not allowed", hint)
+    if kind == "none_required":
+        return Problem(path, f"must be null, got {_short(value)}", "applies to convolutional or vision backbones only")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return Problem(path, error["msg"])
+    return Problem(path, f"{error['msg']}, got {_short(value)}" if not isinstance(value, dict) else error["msg"])
+
+
+def model_problems(data: dict[str, Any]) -> tuple[Spec | None, list[Problem]]:
+    """Validate with pydantic in strict JSON mode; every error becomes a located problem."""
+    try:
+        return Spec.model_validate_json(json.dumps(data), strict=True), []
+    except ValidationError as exc:
+        return None, [_problem_from_pydantic(e) for e in exc.errors(include_url=False)]
+
+
+def validate_document(document: LoadedDocument) -> Spec:
+    """Turn a loaded document into a `Spec`, or raise SpecError with every problem found."""
+    from .semantic import semantic_problems
+
+    source = str(document.path)
+    spec, problems = model_problems(document.data)
+    seen = {p.path for p in problems}
+    problems += [p for p in schema_problems(document.data) if not _covered(p.path, seen)]
+    if spec is None or problems:
+        raise SpecError(problems, source)
+    spec._origin = SpecOrigin(document.path, tuple(document.chain), tuple(document.warnings))
+    errors, warnings = semantic_problems(spec)
+    if errors:
+        raise SpecError(errors, source)
+    spec._origin = SpecOrigin(document.path, tuple(document.chain), tuple(document.warnings) + tuple(warnings))
+    return spec
+
+
+def _covered(path: str, seen: set[str]) -> bool:
+    """Whether pydantic already reported a problem at or below this JSON Pointer."""
+    return any(s == path or s.startswith(path + "/") or path.startswith(s + "/") for s in seen)
+
+
+class SpecOrigin(typing.NamedTuple):
+    """Where a validated spec came from, and the warnings loading and checking it raised."""
+
+    path: Path
+    chain: tuple[Path, ...]
+    warnings: tuple[Problem, ...]
