@@ -1,0 +1,13 @@
+"""The `minimind-spec` command: one module per group of commands, all on one typer app."""
+
+from __future__ import annotations
+
+from .app import app
+from . import spec_commands  # noqa: F401  (validate, explain, schema, build)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,75 @@
+"""The typer application and the helpers every command shares.
+
+Commands are thin: parse options, call one library function, print. A `SpecError` becomes
+one line per problem on stderr and exit code 2; library code never exits.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from ..errors import Problem, Severity, SpecError
+
+app = typer.Typer(
+    name="minimind-spec",
+    help="Compile a MiniMind JSON architecture spec: validate it, explain every resolved value, "
+    "build the module graph with its true parameter counts, and check the numbers the spec declares.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_USAGE = 2
+
+
+def print_problems(problems: list[Problem] | tuple[Problem, ...], title: str | None = None) -> None:
+    """One line per problem on stderr: `warning /path: message (hint)`."""
+    if title and problems:
+        err_console.print(title)
+    for p in problems:
+        style = "red" if p.severity == Severity.ERROR else "yellow"
+        err_console.print(f"[{style}]{p.severity}[/{style}] {p}", markup=True)
+
+
+def fail(error: SpecError) -> NoReturn:
+    where = f"{error.source}: " if error.source else ""
+    count = len(error.problems)
+    err_console.print(f"[red bold]{where}{count} problem{'s' if count != 1 else ''}[/red bold]")
+    print_problems(error.problems)
+    raise typer.Exit(EXIT_USAGE)
+
+
+@contextmanager
+def spec_errors() -> Iterator[None]:
+    """Turn a SpecError raised inside the block into the CLI's error report and exit 2."""
+    try:
+        yield
+    except SpecError as error:
+        fail(error)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator form of `spec_errors` for command functions."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with spec_errors():
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,114 @@
+"""Commands on one spec: `validate`, `explain`, `schema` and `build`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..errors import SpecError
+from .app import app, console, guarded, print_json, print_problems
+
+SpecPath = Annotated[Path, typer.Argument(help="Spec file: a .json spec, or a design card (.md/.txt) with a ```json block.", show_default=False)]
+Variant = Annotated[str | None, typer.Option("--variant", "-v", help="Build a variant the spec offers in backbone.variants, e.g. 'MoE'.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON report instead of tables.")]
+DEFAULT_SCHEMA_PATH = Path("spec/minimind.schema.json")
+
+
+@app.command()
+@guarded
+def validate(path: SpecPath, as_json: AsJson = False) -> None:
+    """Check a spec: JSON syntax, schema, and cross-field rules. Every problem is listed with its JSON path.
+
+    Exit code 0 when the spec is usable (warnings may still be printed), 2 when it is not.
+    """
+    from ..loader import load_spec
+
+    try:
+        spec = load_spec(path)
+    except SpecError as error:
+        if as_json:
+            print_json({"valid": False, "source": str(path), "problems": [p.as_dict() for p in error.problems]})
+            raise typer.Exit(2) from None
+        raise
+    warnings = spec.origin.warnings
+    if as_json:
+        print_json({"valid": True, "source": str(path), "problems": [p.as_dict() for p in warnings]})
+        return
+    print_problems(warnings)
+    console.print(f"[green]valid[/green] {path}: {spec.model_name}, {len(warnings)} warning{'s' if len(warnings) != 1 else ''}")
+
+
+@app.command()
+@guarded
+def explain(path: SpecPath, variant: Variant = None, as_json: AsJson = False) -> None:
+    """Print every resolved value and where it came from: the spec (with its JSON path), a documented default, or a derivation."""
+    from ..explain import explain_rows, resolved_to_json
+    from ..loader import load_spec
+    from ..resolve import resolve
+
+    resolved = resolve(load_spec(path), variant)
+    if as_json:
+        print_json(resolved_to_json(resolved))
+        return
+    table = Table(title=f"{resolved.name} ({resolved.variant or 'base'}) resolved", show_lines=False)
+    table.add_column("field", overflow="fold")
+    table.add_column("value", overflow="fold")
+    table.add_column("provenance", overflow="fold")
+    for row in explain_rows(resolved):
+        style = "cyan" if row.provenance.startswith("spec:") else ("magenta" if row.provenance.startswith(("derived", "variant")) else "dim")
+        table.add_row(row.field, json.dumps(row.value), f"[{style}]{row.provenance}[/{style}]")
+    console.print(table)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON Schema.")] = DEFAULT_SCHEMA_PATH,
+    check: Annotated[bool, typer.Option("--check", help="Do not write; exit 1 if the file differs from the models.")] = False,
+) -> None:
+    """Write the JSON Schema generated from the spec models (for editors: add "$schema" to a spec)."""
+    from ..validate import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if check:
+        current = out.read_text(encoding="utf-8") if out.is_file() else None
+        if current != text:
+            console.print(f"[red]stale[/red] {out}: run `minimind-spec schema`")
+            raise typer.Exit(1)
+        console.print(f"[green]up to date[/green] {out}")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    console.print(f"wrote {out}")
+
+
+@app.command()
+@guarded
+def build(
+    path: SpecPath,
+    variant: Variant = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for resolved.json, graph.json (node-link), model.safetensors and config.json.")] = None,
+    device: Annotated[str, typer.Option("--device", help="Device for the weights written with --out; 'meta' builds without allocating (no weights file).")] = "cpu",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights written with --out.")] = 0,
+    strict: Annotated[bool, typer.Option("--strict", help="Treat declared-vs-compiled mismatches as errors (exit 2).")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Build the module graph and report its true sizes: parameters per op type and in total, trainable
+    parameters with LoRA, FLOPs per token, KV-cache bytes per token, and every number the spec declares
+    that the graph contradicts (with both numbers)."""
+    from ..pipeline import build as run_build
+    from .reports import build_report_json, print_build_report, write_build_outputs
+
+    result = run_build(path, variant, strict=strict)
+    written = write_build_outputs(result, out, device, seed) if out is not None else []
+    if as_json:
+        report = build_report_json(result)
+        report["written"] = [str(p) for p in written]
+        print_json(report)
+        return
+    print_build_report(result, str(path))
+    for p in written:
+        console.print(f"wrote {p}")
