@@ -89,11 +89,15 @@ def _resolve_backend(spec: Spec, variant: str | None, rec: _Recorder) -> str:
 
 
 def resolve(spec: Spec, variant: str | None = None) -> ResolvedSpec:
-    """Make every value of `spec` concrete, building the named variant (None: the base model)."""
+    """Make every value of `spec` concrete, building the named variant (None: `backbone.build_variant`, else the base model)."""
+    rec = _Recorder()
+    where = pointer("backbone", "variants")
+    if variant is None and spec.backbone.build_variant is not None:
+        variant, where = spec.backbone.build_variant, pointer("backbone", "build_variant")
+        rec.set("variant", variant, "spec:" + where)
     if variant is not None and variant not in spec.backbone.variants:
         offered = ", ".join(repr(v) for v in spec.backbone.variants) or "none"
-        raise SpecError(Problem(pointer("backbone", "variants"), f"variant {variant!r} is not offered by this spec (offered: {offered})"))
-    rec = _Recorder()
+        raise SpecError(Problem(where, f"variant {variant!r} is not offered by this spec (offered: {offered})"))
     hp, hpath = spec.hyperparams, ("hyperparams",)
     for key in ("vocab", "d_model", "n_layers", "n_heads", "seq_len", "dropout", "sd_prob"):
         rec.take(f"model.{key}", hp, key, hpath)

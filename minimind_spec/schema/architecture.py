@@ -24,6 +24,11 @@ class Backbone(SpecModel):
         description="Optional variants this spec can be built as (`--variant`). The base build is the dense model; "
         "'MoE' swaps every MLP for a mixture of experts, 'Flash Attention' forces the flash-attn2 backend.",
     )
+    build_variant: Variant | None = Field(
+        default=None,
+        description="Variant built when none is named on the command line (must be one of `variants`). "
+        "Default: none, the base (dense) build.",
+    )
     positional_encoding: Literal["RoPE", "Absolute"] = Field(
         description="RoPE (rotary, no parameters) or Absolute (learned position embeddings added to the tokens)."
     )
@@ -97,9 +102,9 @@ RopeScaling = Annotated[
 
 
 class Hyperparams(SpecModel):
-    d_model: PositiveInt = Field(description="Hidden size of the residual stream.")
-    n_layers: PositiveInt = Field(description="Number of decoder layers.")
-    n_heads: PositiveInt = Field(description="Number of query heads; must divide d_model.")
+    d_model: Annotated[int, Field(gt=0, le=65536)] = Field(description="Hidden size of the residual stream (at most 65536).")
+    n_layers: Annotated[int, Field(gt=0, le=4096)] = Field(description="Number of decoder layers (at most 4096).")
+    n_heads: Annotated[int, Field(gt=0, le=4096)] = Field(description="Number of query heads; must divide d_model.")
     n_kv_heads: PositiveInt | None = Field(default=None, description="Key/value heads (GQA); must divide n_heads. Default: n_heads (multi-head attention).")
     mlp_ratio: PositiveFloat = Field(description="MLP hidden size as a multiple of d_model (hidden = mlp_ratio x d_model).")
     dropout: Probability = Field(default=0.0, description="Dropout on attention weights and residual branches.")
@@ -108,7 +113,7 @@ class Hyperparams(SpecModel):
     stride: None = Field(default=None, description="Convolution stride; applies to convolutional backbones only, must be null here.")
     patch: None = Field(default=None, description="Patch size; applies to vision backbones only, must be null here.")
     seq_len: PositiveInt = Field(description="Training context length in tokens.")
-    vocab: PositiveInt = Field(description="Vocabulary size.")
+    vocab: Annotated[int, Field(gt=0, le=16_777_216)] = Field(description="Vocabulary size (at most 2^24).")
     rope_theta: PositiveFloat = Field(default=1_000_000.0, description="RoPE base frequency. Default 1e6, as MiniMind uses.")
     rope_scaling: RopeScaling | None = Field(default=None, description="RoPE context scaling: null/none, linear, ntk or yarn.")
     norm_eps: PositiveFloat = Field(default=1e-5, description="Epsilon of every norm. Default 1e-5, as MiniMind uses.")
@@ -122,12 +127,12 @@ class Hyperparams(SpecModel):
 
 
 class MoE(SpecModel):
-    num_experts: PositiveInt = Field(default=8, description="Routed experts per MoE layer. Default 8, as the card's notes and graph say.")
+    num_experts: Annotated[int, Field(gt=0, le=1024)] = Field(default=8, description="Routed experts per MoE layer (at most 1024). Default 8, as the card's notes and graph say.")
     top_k: PositiveInt = Field(default=2, description="Experts each token is routed to; at most num_experts.")
     aux_loss: bool | None = Field(
         default=None, description="Add the load-balancing auxiliary loss. Default: on when tricks lists 'moe-aux-loss'."
     )
     aux_loss_weight: Annotated[float, Field(ge=0.0)] = Field(default=0.01, description="Weight of the auxiliary loss (MiniMind's aux_loss_alpha).")
-    num_shared_experts: NonNegativeInt = Field(default=0, description="Always-on experts added to every token's output.")
+    num_shared_experts: Annotated[int, Field(ge=0, le=64)] = Field(default=0, description="Always-on experts added to every token's output (at most 64).")
     norm_topk_prob: bool = Field(default=True, description="Renormalise the top-k routing weights to sum to one.")
     expert_hidden: PositiveInt | None = Field(default=None, description="Hidden size of each expert. Default: the dense MLP hidden size.")

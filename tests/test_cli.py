@@ -1,0 +1,151 @@
+"""The `minimind-spec` command: exit codes, messages, JSON output, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from minimind_spec.cli import app
+
+from .conftest import CARD, ROOT, SPEC
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_the_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("validate", "explain", "schema", "build"):
+        assert command in result.output
+
+
+def test_validate_ok():
+    result = run("validate", SPEC)
+    assert result.exit_code == 0
+    assert "valid" in result.output
+
+
+def test_validate_json_lists_warnings():
+    result = run("validate", SPEC, "--json")
+    report = json.loads(result.stdout)
+    assert report["valid"] is True
+    assert any("trailing comma" in p["message"] for p in report["problems"])
+
+
+@pytest.mark.parametrize("source", [SPEC, CARD])
+def test_build_prints_true_counts_and_warnings(source):
+    result = run("build", source)
+    assert result.exit_code == 0, result.output
+    assert "31,203,840" in result.output
+    assert "declared 14,000,000; compiled 31,203,840" in result.output
+    assert "MLP/MoE declared 1,572,864" in result.output
+
+
+def test_build_json_report():
+    report = json.loads(run("build", SPEC, "--json").stdout)
+    assert report["params"]["total"] == 31_203_840
+    assert report["params"]["lora"] == 655_360
+    assert report["kv_cache_bytes_per_token"] == 16_384
+    assert len(report["declared_vs_compiled"]) == 8
+
+
+def test_build_moe_variant():
+    report = json.loads(run("build", SPEC, "--variant", "MoE", "--json").stdout)
+    assert report["variant"] == "MoE" and report["op_counts"]["router"] == 8
+
+
+def test_build_strict_exits_2():
+    result = run("build", SPEC, "--strict")
+    assert result.exit_code == 2
+    assert "/total_params/all" in result.output
+
+
+def test_build_out_writes_resolved_and_graph(tmp_path):
+    result = run("build", SPEC, "--out", tmp_path, "--device", "meta")
+    assert result.exit_code == 0, result.output
+    resolved = json.loads((tmp_path / "resolved.json").read_text())
+    assert resolved["values"]["model.d_model"] == {"value": 512, "provenance": "spec:/hyperparams/d_model"}
+    graph = json.loads((tmp_path / "graph.json").read_text())
+    assert {n["id"] for n in graph["nodes"]} >= {"model.embed_tokens", "lm_head"}
+    assert any(e["kind"] == "residual" for e in graph["edges"])
+
+
+def test_explain_shows_provenance():
+    result = run("explain", SPEC, "--json")
+    values = json.loads(result.stdout)["values"]
+    assert values["model.mlp_hidden"] == {"value": 1536, "provenance": "derived: mlp_ratio x d_model"}
+    assert values["optim.lr"]["provenance"] == "spec:/optim/lr"
+    assert values["optim.max_steps"]["provenance"] == "default"
+    text = run("explain", SPEC)
+    assert text.exit_code == 0 and "provenance" in text.output
+
+
+def test_schema_check_agrees_with_committed_file():
+    result = run("schema", "--check", "--out", ROOT / "spec" / "minimind.schema.json")
+    assert result.exit_code == 0, result.output
+
+
+def test_schema_writes_a_file(tmp_path):
+    out = tmp_path / "s.json"
+    assert run("schema", "--out", out).exit_code == 0
+    assert json.loads(out.read_text())["title"] == "MiniMind architecture spec"
+
+
+BAD_INPUTS = {
+    "missing": None,
+    "empty": b"",
+    "binary": b"\x00\x00\x01",
+    "utf8": b"\xff\xfe{}",
+    "syntax": b'{"model_name": }',
+    "types": json.dumps({"model_name": 3, "task": "Causal Language Modeling"}).encode(),
+    "unknown": json.dumps({"model_nam": "x"}).encode(),
+    "card": b"# card with no json\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("command", ["validate", "build", "explain"])
+def test_bad_input_exits_2_without_traceback(tmp_path, case, command):
+    path = tmp_path / ("card.md" if case == "card" else "spec.json")
+    if BAD_INPUTS[case] is not None:
+        path.write_bytes(BAD_INPUTS[case])
+    result = run(command, path)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_directory_and_cycle_exit_2(tmp_path):
+    assert run("validate", tmp_path).exit_code == 2
+    (tmp_path / "a.json").write_text(json.dumps({"extends": "a.json"}))
+    result = run("validate", tmp_path / "a.json")
+    assert result.exit_code == 2 and "extends cycle" in result.output
+
+
+def test_unknown_variant_exits_2():
+    result = run("build", SPEC, "--variant", "Mamba")
+    assert result.exit_code == 2 and "not offered" in result.output
+
+
+def test_front_end_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from minimind_spec.cli import app\n"
+        "from minimind_spec.pipeline import build\n"
+        f"build({str(SPEC)!r}, 'MoE')\n"
+        "assert 'torch' not in sys.modules, 'front end imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "minimind_spec", "validate", str(SPEC)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
