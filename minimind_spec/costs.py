@@ -27,7 +27,7 @@ class Costs:
     params_by_op: dict[str, int]
     flops_per_token: int  # forward, at the spec's seq_len for attention
     kv_cache_bytes_per_token: int
-    activation_bytes: int  # one sequence of seq_len, saved outputs of every node, at the spec's dtype
+    activation_bytes: int  # one sequence of seq_len: every node's output (experts: their share of tokens), at the spec's dtype
     dtype: str
 
     @property
@@ -52,7 +52,8 @@ def graph_costs(graph: nx.DiGraph) -> Costs:
         trainable += op_node.params if op_node.trainable else 0
         lora += op_node.params if op_node.op == OpType.LORA else 0
         if op_node.op not in (OpType.INPUT, OpType.OUTPUT, OpType.AUX_LOSS, OpType.ROPE):
-            activations += _numel(op_node.out_shape, c.seq_len)
+            fraction = op_node.attrs.get("expected_token_fraction", 1.0)  # MoE experts see top_k/E of the tokens
+            activations += round(_numel(op_node.out_shape, c.seq_len) * fraction)
         if op_node.op == OpType.ATTENTION and c.attention_backend == "eager":
             activations += c.n_heads * c.seq_len * c.seq_len  # materialised attention probabilities
     total = sum(by_op.values())

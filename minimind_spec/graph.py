@@ -149,7 +149,8 @@ class _GraphBuilder:
         hidden_shape = shape("B", "T", hidden)
         act = self.add(OpNode(
             id=f"{prefix}.act", op=OpType.GLU, in_shapes=(hidden_shape, hidden_shape), out_shape=hidden_shape,
-            flops=round(5 * hidden * fraction), layer=layer, attrs={"activation": self.c.activation, "hidden": hidden},
+            flops=round(5 * hidden * fraction), layer=layer,
+            attrs={"activation": self.c.activation, "hidden": hidden} | ({"expected_token_fraction": fraction} if fraction != 1.0 else {}),
         ), gate, up)
         return self.linear(f"{prefix}.down_proj", act, hidden, d, layer, "down_proj", fraction)
 
