@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from ..errors import SpecError
@@ -54,8 +55,8 @@ def explain(path: SpecPath, variant: Variant = None, as_json: AsJson = False) ->
     if as_json:
         print_json(resolved_to_json(resolved))
         return
-    table = Table(title=f"{resolved.name} ({resolved.variant or 'base'}) resolved", show_lines=False)
-    table.add_column("field", overflow="fold")
+    table = Table(title=f"{resolved.name} ({resolved.variant or 'base'}) resolved", box=box.SIMPLE_HEAD)
+    table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
     table.add_column("provenance", overflow="fold")
     for row in explain_rows(resolved):
