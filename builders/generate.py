@@ -1,0 +1,92 @@
+"""Text generation with the static KV cache: greedy or sampled (temperature, top-k, top-p),
+repetition penalty, EOS stop, `max_new_tokens`, and batches with left padding.
+
+The prompt is run once (prefill) into a cache sized prompt + max_new_tokens; each step then
+feeds one token per sequence and reads logits of that position only. `use_cache=False`
+re-runs the whole sequence every step (slow; it exists to check the cache).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .model import MiniMindForCausalLM
+
+
+def apply_repetition_penalty(logits: torch.Tensor, tokens: torch.Tensor, penalty: float) -> torch.Tensor:
+    # logits: (B, V), tokens: (B, S) seen so far -> (B, V); seen logits divided (if > 0) or multiplied by penalty
+    seen = logits.gather(1, tokens)  # (B, S)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(1, tokens, seen)
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    # logits: (B, V) -> (B, V) with tokens outside the top-k / nucleus set to -inf
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_index = logits.sort(dim=-1, descending=True)  # (B, V)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(1, sorted_index, sorted_logits)
+    return logits
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+               generator: torch.Generator | None) -> torch.Tensor:
+    # logits: (B, V) -> (B,) greedy when temperature <= 0
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = filter_top_k_top_p(logits.float() / temperature, top_k, top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(
+    model: MiniMindForCausalLM, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+    repetition_penalty: float = 1.0, eos_token_id: int | None = None, pad_token_id: int = 0,
+    use_cache: bool = True, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Continue `input_ids` (B, T), left-padded where `attention_mask` (B, T) has zeros.
+    Returns (B, T + n) with n <= max_new_tokens; finished rows are filled with `pad_token_id`."""
+    B, T = input_ids.shape
+    if T + max_new_tokens > model.max_position_embeddings:
+        raise ValueError(f"{T} + {max_new_tokens} tokens exceed max_position_embeddings ({model.max_position_embeddings})")
+    was_training = model.training
+    model.eval()
+    tokens = input_ids.new_empty(B, T + max_new_tokens)  # (B, T + N) preallocated output
+    tokens[:, :T] = input_ids
+    mask = None
+    if attention_mask is not None:
+        mask = torch.ones(B, T + max_new_tokens, dtype=attention_mask.dtype, device=input_ids.device)
+        mask[:, :T] = attention_mask
+    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    cache = model.new_cache(B, T + max_new_tokens) if use_cache else None
+    step_input = input_ids  # (B, T) at prefill, then (B, 1)
+    length = T
+    for _ in range(max_new_tokens):
+        if use_cache:
+            out = model(step_input, attention_mask=None if mask is None else mask[:, :length],
+                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+        else:
+            out = model(tokens[:, :length], attention_mask=None if mask is None else mask[:, :length], logits_to_keep=1)
+        logits = out.logits[:, -1]  # (B, V)
+        if repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits, tokens[:, :length], repetition_penalty)
+        new = next_token(logits, temperature, top_k, top_p, generator)  # (B,)
+        if eos_token_id is not None:
+            new = torch.where(finished, torch.full_like(new, pad_token_id), new)
+            finished |= new == eos_token_id
+        tokens[:, length] = new
+        length += 1
+        step_input = tokens[:, length - 1:length]  # (B, 1)
+        if eos_token_id is not None and bool(finished.all()):
+            break
+    model.train(was_training)
+    return tokens[:, :length]

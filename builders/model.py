@@ -1,0 +1,226 @@
+"""MiniMindForCausalLM: the decoder stack the compiler assembles from built submodules.
+
+Layout and state-dict names follow Hugging Face Llama/Qwen:
+    model.embed_tokens, [model.embed_positions], model.rotary_emb,
+    model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp},
+    model.norm, lm_head (sharing model.embed_tokens.weight when tied).
+The forward pass is plain PyTorch (no graph interpreter), so it runs under torch.compile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import Attention, build_attention_mask
+from .cache import StaticKVCache
+from .lora import LoRAAdapter, Projection, lora_state_dict, merge_lora, unmerge_lora
+from .mlp import GatedMLP
+from .moe import MoE
+from .norm import LayerNorm, RMSNorm
+from .positional import LearnedPositionEmbedding, RotaryEmbedding
+
+
+@dataclass
+class CausalLMOutput:
+    """logits (B, T', V); loss: shifted cross-entropy (None without labels); aux_loss: the
+    weighted MoE balance loss summed over layers (0 for dense; add it to `loss` when
+    training); past_key_values: the cache when `use_cache`; expert_counts: (layers, E)."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    past_key_values: StaticKVCache | None = None
+    expert_counts: torch.Tensor | None = None
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x))), with stochastic depth."""
+
+    def __init__(self, *, input_layernorm: nn.Module, self_attn: Attention, post_attention_layernorm: nn.Module,
+                 mlp: GatedMLP | MoE, dropout: float, sd_prob: float, layer_index: int) -> None:
+        super().__init__()
+        self.input_layernorm = input_layernorm
+        self.self_attn = self_attn
+        self.post_attention_layernorm = post_attention_layernorm
+        self.mlp = mlp
+        self.residual_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.sd_prob = sd_prob
+        self.layer_index = layer_index
+
+    def _branch(self, y: torch.Tensor) -> torch.Tensor:
+        # y: (B, T, D) residual branch -> dropped out and, in training, dropped per sample with prob sd_prob
+        y = self.residual_dropout(y)
+        if self.training and self.sd_prob > 0:
+            keep = torch.rand(y.shape[0], 1, 1, device=y.device) >= self.sd_prob  # (B, 1, 1)
+            y = y * keep.to(y.dtype) / (1.0 - self.sd_prob)
+        return y
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, mask: torch.Tensor | None,
+                cache: StaticKVCache | None, offset: int, token_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # x: (B, T, D) -> (B, T, D), aux loss () or None
+        x = x + self._branch(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, self.layer_index, offset))
+        h = self.post_attention_layernorm(x)  # (B, T, D)
+        aux = None
+        if isinstance(self.mlp, MoE):
+            h, aux = self.mlp(h, token_mask)
+        else:
+            h = self.mlp(h)
+        return x + self._branch(h), aux
+
+
+class MiniMindModel(nn.Module):
+    """Embeddings, decoder layers and the final norm (the Hugging Face `model.` prefix)."""
+
+    def __init__(self, *, embed_tokens: nn.Embedding, layers: list[DecoderLayer], norm: nn.Module,
+                 rotary_emb: RotaryEmbedding | None = None, embed_positions: LearnedPositionEmbedding | None = None) -> None:
+        super().__init__()
+        if (rotary_emb is None) == (embed_positions is None):
+            raise ValueError("exactly one of rotary_emb and embed_positions is required")
+        self.embed_tokens = embed_tokens
+        self.embed_positions = embed_positions
+        self.rotary_emb = rotary_emb
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
+                cache: StaticKVCache | None, offset: int, token_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # input_ids: (B, T), position_ids: (B, T) or (T,) -> hidden (B, T, D), summed aux loss
+        x = self.embed_tokens(input_ids)  # (B, T, D)
+        cos = sin = None
+        if self.rotary_emb is not None:
+            cos, sin = self.rotary_emb(position_ids)  # (B|1, 1, T, d)
+        else:
+            assert self.embed_positions is not None
+            x = x + self.embed_positions(position_ids)  # (B, T, D)
+        aux_total = None
+        for layer in self.layers:
+            x, aux = layer(x, cos, sin, mask, cache, offset, token_mask)
+            if aux is not None:
+                aux_total = aux if aux_total is None else aux_total + aux
+        return self.norm(x), aux_total
+
+
+class MiniMindForCausalLM(nn.Module):
+    """The compiled language model: `model` (the stack) and `lm_head` (tied or not)."""
+
+    def __init__(self, *, model: MiniMindModel, lm_head: Projection, tie_word_embeddings: bool, n_kv_heads: int,
+                 head_dim: int, max_position_embeddings: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.model = model
+        self.lm_head = lm_head
+        self.tie_word_embeddings = tie_word_embeddings
+        self.n_kv_heads = n_kv_heads
+        self.head_dim = head_dim
+        self.max_position_embeddings = max_position_embeddings
+        self.label_smoothing = label_smoothing
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share `lm_head.weight` with the token embedding when the spec ties them."""
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.embed_tokens.num_embeddings
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                past_key_values: StaticKVCache | None = None, use_cache: bool = False, position_ids: torch.Tensor | None = None,
+                logits_to_keep: int = 0) -> CausalLMOutput:
+        # input_ids: (B, T); attention_mask: (B, offset + T) 1 = token, 0 = padding; labels: (B, T)
+        B, T = input_ids.shape
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = self.new_cache(B, self.max_position_embeddings)
+        offset = cache.length if cache is not None else 0
+        if position_ids is None:
+            if attention_mask is not None:  # left padding: count only real tokens
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
+            else:
+                position_ids = torch.arange(offset, offset + T, device=input_ids.device)  # (T,)
+        dtype = self.model.embed_tokens.weight.dtype
+        if torch.is_autocast_enabled(input_ids.device.type):
+            dtype = torch.get_autocast_dtype(input_ids.device.type)
+        mask = build_attention_mask(attention_mask, T, offset + T, offset, dtype)  # (B|1, 1, T, S) or None
+        token_mask = attention_mask[:, -T:] if attention_mask is not None else None  # (B, T)
+        hidden, aux = self.model(input_ids, position_ids, mask, cache, offset, token_mask)  # (B, T, D)
+        if cache is not None:
+            cache.advance(T)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]  # (B, T', D)
+        logits = self.lm_head(hidden)  # (B, T', V)
+
+        loss = None
+        if labels is not None:
+            shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # (B*(T-1), V)
+            shift_labels = labels[:, 1:].reshape(-1).to(logits.device)  # (B*(T-1),)
+            loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, label_smoothing=self.label_smoothing)
+        if aux is None:
+            aux = logits.new_zeros((), dtype=torch.float32)
+        counts = None
+        moe_layers = [layer.mlp for layer in self.model.layers if isinstance(layer.mlp, MoE)]
+        if moe_layers:
+            counts = torch.stack([m.expert_counts for m in moe_layers])  # (layers, E)
+        return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux, past_key_values=cache if use_cache else None,
+                              expert_counts=counts)
+
+    def new_cache(self, batch_size: int, max_length: int, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> StaticKVCache:
+        """A static cache for this model, on its device and in its dtype unless given."""
+        weight = self.model.embed_tokens.weight
+        return StaticKVCache(n_layers=len(self.model.layers), batch_size=batch_size, n_kv_heads=self.n_kv_heads,
+                             max_length=max_length, head_dim=self.head_dim, device=device or weight.device,
+                             dtype=dtype or weight.dtype)
+
+    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """See `builders.generate.generate`."""
+        from .generate import generate
+
+        return generate(self, input_ids, **kwargs)
+
+    def merge_lora(self) -> int:
+        return merge_lora(self)
+
+    def unmerge_lora(self) -> int:
+        return unmerge_lora(self)
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        return lora_state_dict(self)
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
+        """Initialise as MiniMind / Llama do: normal(0, std) for every weight matrix and
+        embedding, norms at one (and zero bias), LoRA A normal and B zero; RoPE tables recomputed."""
+        for module in self.modules():
+            if isinstance(module, LoRAAdapter):
+                module.reset_parameters(std, generator)
+            elif isinstance(module, RotaryEmbedding):
+                module.reset_tables()
+            elif isinstance(module, MoE):
+                module.expert_counts.zero_()
+            elif isinstance(module, (RMSNorm, LayerNorm)):
+                module.reset_parameters()
+            for name, param in module.named_parameters(recurse=False):
+                if isinstance(module, LoRAAdapter) or param.dim() < 2:
+                    continue
+                if module is self.lm_head and self.tie_word_embeddings:
+                    continue
+                param.normal_(0.0, std, generator=generator)
+
+    def expert_token_counts(self) -> torch.Tensor | None:
+        """Tokens each expert received in the last forward: (MoE layers, E), or None for dense."""
+        moe_layers = [layer.mlp for layer in self.model.layers if isinstance(layer.mlp, MoE)]
+        return torch.stack([m.expert_counts for m in moe_layers]) if moe_layers else None
+
+
+def build_lm_head(*, in_features: int, out_features: int) -> Projection:
+    return Projection(in_features, out_features)
+
+
+def build_embedding(*, num_embeddings: int, dim: int) -> nn.Embedding:
+    return nn.Embedding(num_embeddings, dim)
