@@ -11,10 +11,10 @@ install-test:
 	$(PIP) -e ".[test]"
 
 demo: install
-	minimind-spec build spec/minimind.json
+	$(PY) -m minimind_spec build spec/minimind.json
 
 test: install-test
 	$(PY) -m pytest -q
 
 schema: install
-	minimind-spec schema
+	$(PY) -m minimind_spec schema

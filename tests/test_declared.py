@@ -7,7 +7,7 @@ import pytest
 from minimind_spec import SpecError
 from minimind_spec.pipeline import build
 
-from .conftest import CARD, SPEC
+from .conftest import CARD, SPEC, needs_card
 
 D, H, V, L = 512, 1536, 6400, 8
 
@@ -58,6 +58,7 @@ def test_moe_build_checks_router_shape():
     assert "/concat_merge_points/1" not in found
 
 
+@needs_card
 def test_the_design_card_itself_builds_with_the_same_warnings(card):
     assert by_path(build(CARD)) == by_path(card)
 

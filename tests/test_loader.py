@@ -10,19 +10,22 @@ import pytest
 from minimind_spec import SpecError, load_spec
 from minimind_spec.loader import load_document, merge_patch
 
-from .conftest import CARD, SPEC, TINY
+from .conftest import CARD, SPEC, TINY, needs_card
 
 
+@needs_card
 def test_shipped_spec_is_the_card_block_verbatim():
     card = CARD.read_text(encoding="utf-8")
     block = card.split("```json\n", 1)[1].split("```", 1)[0]
     assert SPEC.read_text(encoding="utf-8") == block
 
 
+@needs_card
 def test_card_and_json_load_to_the_same_spec():
     assert load_spec(CARD).model_dump() == load_spec(SPEC).model_dump()
 
 
+@needs_card
 def test_trailing_comma_is_a_warning_naming_its_line():
     lines = SPEC.read_text(encoding="utf-8").splitlines()
     # the card's trailing comma ends the line just before the closing brace
@@ -140,6 +143,7 @@ def test_extends_chain_of_three(tmp_path):
     assert (spec.hyperparams.n_layers, spec.hyperparams.n_heads) == (3, 8)
 
 
+@needs_card
 def test_extends_can_patch_a_design_card(tmp_path):
     child = {"extends": str(CARD), "hyperparams": {"n_layers": 2}}
     (tmp_path / "child.json").write_text(json.dumps(child), encoding="utf-8")
