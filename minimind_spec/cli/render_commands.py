@@ -1,0 +1,75 @@
+"""`render` and `diff`: diagrams of the module graph, and semantic diffs of two specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from ..diff import diff_specs, format_text, to_json
+from ..graph import build_graph
+from ..loader import load_spec
+from ..render import FORMATS, render
+from ..resolve import resolve
+from .app import app, console, err_console, guarded, print_json
+
+MERMAID_MAX_EDGES = 500  # mermaid's default `maxEdges`; GitHub renders with the defaults
+
+SpecPath = Annotated[Path, typer.Argument(help="Spec file (.json, or a design card .md/.txt with a ```json block).", show_default=False)]
+Variant = Annotated[str | None, typer.Option(
+    "--variant", help="Variant to build, e.g. MoE or 'Flash Attention' (default: the spec's build_variant, else the base model).",
+    show_default=False)]
+
+
+@app.command("render")
+@guarded
+def render_command(
+    spec: SpecPath,
+    fmt: Annotated[str, typer.Option(
+        "--format", "-f", help="mermaid (flowchart text), md (a ```mermaid block GitHub renders), html (a page that renders "
+        "it offline, with the source), dot (Graphviz).")] = "mermaid",
+    expand: Annotated[bool, typer.Option(
+        "--expand", help="Draw every node; by default identical repeated layers (and MoE experts) are drawn once, marked xN.")] = False,
+    variant: Variant = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.", show_default=False)] = None,
+) -> None:
+    """Draw the module graph (the one that compiles) with shapes and parameter counts."""
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
+    graph = build_graph(resolve(load_spec(spec), variant))
+    text = render(graph, fmt, expand)  # type: ignore[arg-type]
+    if fmt in ("mermaid", "md") and text.count("-->") + text.count("==>") + text.count("-.->") > MERMAID_MAX_EDGES:
+        err_console.print(f"[yellow]warning[/yellow] more than {MERMAID_MAX_EDGES} edges: mermaid's default limit (GitHub's too) "
+                          "refuses this diagram; drop --expand, or use --format html, which raises the limit", markup=True)
+    if output is None:
+        console.file.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        err_console.print(f"wrote {output} ({fmt}, {'expanded' if expand else 'collapsed'})")
+
+
+@app.command("diff")
+def diff_command(
+    spec_a: Annotated[Path, typer.Argument(help="The old spec (e.g. spec/minimind.json).", show_default=False)],
+    spec_b: Annotated[Path, typer.Argument(help="The new spec (e.g. spec/ablations/lora_rank4.json).", show_default=False)],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the diff as JSON.")] = False,
+    fmt: Annotated[Literal["text", "mermaid"], typer.Option(
+        "--format", "-f", help="text (the report), or mermaid: the new graph with changed nodes highlighted.")] = "text",
+    variant_a: Annotated[str | None, typer.Option("--variant-a", help="Variant of the old spec to build.", show_default=False)] = None,
+    variant_b: Annotated[str | None, typer.Option("--variant-b", help="Variant of the new spec to build.", show_default=False)] = None,
+) -> None:
+    """Semantic diff of two specs: changed fields (with provenance), graph changes grouped across
+    layers, cost deltas and the ablation's expected effect. Exit 0 identical, 1 different, 2 unusable input."""
+    from .app import spec_errors
+
+    with spec_errors():
+        result = diff_specs(spec_a, spec_b, variant_a, variant_b)
+    if json_output:
+        print_json(to_json(result))
+    elif fmt == "mermaid":
+        console.file.write(render(result.graph_b, "mermaid", highlight=result.changed_node_ids(),
+                                  removed=result.removed_lines()))
+    else:
+        console.file.write(format_text(result))
+    raise typer.Exit(0 if result.identical else 1)
