@@ -61,15 +61,3 @@ def tiny(tmp_path: Path) -> Callable[..., ResolvedSpec]:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-def randomize(model: torch.nn.Module, seed: int = 1) -> None:
-    """Give every parameter (norms and LoRA B included) random non-trivial values, so a test
-    cannot pass because something is still at its initial one/zero."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 1:
-                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
-            else:
-                param.copy_(0.05 * torch.randn(param.shape, generator=generator))

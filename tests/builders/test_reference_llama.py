@@ -4,47 +4,13 @@ untied heads, and RoPE without scaling and with the scalings HF implements (line
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 
 from minimind_spec import compile_model
-from minimind_spec.resolved import ModelConfig
-
-from conftest import randomize
+from .helpers import hf_llama, load_into_hf, randomize
 
 transformers = pytest.importorskip("transformers", reason="transformers is needed for the reference tests")
-
-
-def hf_rope_parameters(c: ModelConfig) -> dict[str, Any]:
-    rs = c.rope_scaling
-    if rs.kind == "none":
-        return {"rope_type": "default", "rope_theta": c.rope_theta}
-    if rs.kind == "linear":
-        return {"rope_type": "linear", "rope_theta": c.rope_theta, "factor": rs.factor}
-    if rs.kind == "yarn":
-        return {"rope_type": "yarn", "rope_theta": c.rope_theta, "factor": rs.factor,
-                "original_max_position_embeddings": rs.original_max_position_embeddings,
-                "beta_fast": rs.beta_fast, "beta_slow": rs.beta_slow, "attention_factor": rs.attention_factor}
-    raise AssertionError(f"HF has no static {rs.kind} RoPE")
-
-
-def hf_llama(c: ModelConfig, attn: str = "eager") -> Any:
-    config = transformers.LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.mlp_hidden, num_hidden_layers=c.n_layers,
-        num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, head_dim=c.head_dim, hidden_act="silu",
-        max_position_embeddings=c.max_position_embeddings, rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tie_word_embeddings,
-        rope_parameters=hf_rope_parameters(c), attention_bias=False, mlp_bias=False,
-    )
-    config._attn_implementation = attn
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def load_into_hf(ours: torch.nn.Module, hf: torch.nn.Module) -> None:
-    result = hf.load_state_dict(ours.state_dict(), strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys
-    assert not [k for k in result.missing_keys if "rotary" not in k], result.missing_keys
 
 
 CASES = {
