@@ -62,6 +62,7 @@ def generate(
     model.eval()
     tokens = input_ids.new_empty(B, T + max_new_tokens)  # (B, T + N) preallocated output
     tokens[:, :T] = input_ids
+    fed = tokens.clone()  # what the model saw: finished rows keep real tokens where `tokens` has padding
     mask = None
     if attention_mask is not None:
         mask = torch.ones(B, T + max_new_tokens, dtype=attention_mask.dtype, device=input_ids.device)
@@ -75,17 +76,18 @@ def generate(
             out = model(step_input, attention_mask=None if mask is None else mask[:, :length],
                         past_key_values=cache, use_cache=True, logits_to_keep=1)
         else:
-            out = model(tokens[:, :length], attention_mask=None if mask is None else mask[:, :length], logits_to_keep=1)
+            out = model(fed[:, :length], attention_mask=None if mask is None else mask[:, :length], logits_to_keep=1)
         logits = out.logits[:, -1]  # (B, V)
         if repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, tokens[:, :length], repetition_penalty)
+            logits = apply_repetition_penalty(logits, fed[:, :length], repetition_penalty)
         new = next_token(logits, temperature, top_k, top_p, generator)  # (B,)
+        fed[:, length] = new
+        step_input = fed[:, length:length + 1]  # (B, 1)
         if eos_token_id is not None:
             new = torch.where(finished, torch.full_like(new, pad_token_id), new)
             finished |= new == eos_token_id
         tokens[:, length] = new
         length += 1
-        step_input = tokens[:, length - 1:length]  # (B, 1)
         if eos_token_id is not None and bool(finished.all()):
             break
     model.train(was_training)

@@ -1,0 +1,136 @@
+"""Write a compiled model to disk and read it back: `model.safetensors` (seeded initial
+weights, Hugging Face Llama names) and `config.json`.
+
+config.json holds the keys a Hugging Face Llama config has (hidden_size, num_attention_heads,
+rope_theta, rope_scaling, ...) so dense RoPE/RMSNorm/SiLU builds load in transformers as
+`LlamaForCausalLM`; our own fields (MoE, LoRA, norm kind, the whole resolved ModelConfig)
+sit under "minimind_spec", which `load_model_files` uses to rebuild the exact same module
+tree. Weights are safetensors only: nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .resolved import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+
+
+def _hf_rope(c: ModelConfig) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, rope_scaling) in Hugging Face terms. Static NTK has no HF type (their
+    'dynamic' rescales at run time), but it is exactly a larger theta, so it is written so."""
+    rs = c.rope_scaling
+    if rs.kind == "none":
+        return c.rope_theta, None
+    if rs.kind == "ntk":
+        return c.rope_theta * rs.factor ** (c.head_dim / (c.head_dim - 2)), None
+    if rs.kind == "linear":
+        return c.rope_theta, {"rope_type": "linear", "factor": rs.factor}
+    return c.rope_theta, {"rope_type": "yarn", "factor": rs.factor, "beta_fast": rs.beta_fast, "beta_slow": rs.beta_slow,
+                          "original_max_position_embeddings": rs.original_max_position_embeddings,
+                          "attention_factor": rs.attention_factor}
+
+
+def model_config_dict(resolved: ResolvedSpec) -> dict[str, Any]:
+    """The config.json contents for `resolved`."""
+    c = resolved.model
+    llama_compatible = (c.moe is None and c.positional_encoding == "RoPE" and c.norm == "RMSNorm"
+                        and c.activation == "SiLU")
+    theta, scaling = _hf_rope(c)
+    config: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM" if llama_compatible else "MiniMindForCausalLM"],
+        "model_type": "llama" if llama_compatible else "minimind",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.d_model,
+        "intermediate_size": c.mlp_hidden,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "head_dim": c.head_dim,
+        "hidden_act": {"SiLU": "silu", "GELU": "gelu", "ReLU": "relu"}[c.activation],
+        "max_position_embeddings": c.max_position_embeddings,
+        "rms_norm_eps": c.norm_eps,
+        "rope_theta": theta,
+        "rope_scaling": scaling,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": c.dropout,
+        "initializer_range": 0.02,
+        "torch_dtype": "float32",
+        "minimind_spec": {
+            "format_version": FORMAT_VERSION,
+            "name": resolved.name,
+            "variant": resolved.variant,
+            "model": dataclasses.asdict(c),
+        },
+    }
+    return config
+
+
+def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu", seed: int = 0) -> list[Path]:
+    """Write config.json and, unless `device` is "meta", model.safetensors with the seeded
+    initial weights. Returns the paths written: on the meta device there are no weights to
+    save, so the list holds config.json only (callers say so to the user)."""
+    from safetensors.torch import save_file
+
+    from .compile import compile_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = compile_model(resolved, device=device, seed=seed)
+    config = model_config_dict(resolved)
+    config["minimind_spec"]["seed"] = seed
+    config["minimind_spec"]["weights"] = WEIGHTS_FILE if device != "meta" else None
+    config_path = out_dir / CONFIG_FILE
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    written = [config_path]
+    if torch.device(device).type != "meta":
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+        if resolved.model.tie_word_embeddings:
+            state.pop("lm_head.weight")  # shared with model.embed_tokens.weight
+        weights_path = out_dir / WEIGHTS_FILE
+        save_file(state, str(weights_path), metadata={"format": "pt", "name": resolved.name})
+        written.append(weights_path)
+    return written
+
+
+def _model_config(data: dict[str, Any]) -> ModelConfig:
+    fields = dict(data)
+    fields["rope_scaling"] = RopeConfig(**fields["rope_scaling"])
+    fields["moe"] = MoEConfig(**fields["moe"]) if fields["moe"] is not None else None
+    if fields["lora"] is not None:
+        fields["lora"] = LoRAConfig(**{**fields["lora"], "targets": tuple(fields["lora"]["targets"])})
+    return ModelConfig(**fields)
+
+
+def load_model_files(out_dir: Path, device: str = "cpu") -> torch.nn.Module:
+    """Rebuild the model written by `write_model_files` and load its weights."""
+    from safetensors.torch import load_file
+
+    from .compile import compile_model
+
+    out_dir = Path(out_dir)
+    config = json.loads((out_dir / CONFIG_FILE).read_text())
+    ours = config["minimind_spec"]
+    resolved = ResolvedSpec(name=ours["name"], variant=ours["variant"], model=_model_config(ours["model"]),
+                            spec=None, reasoning_token_masking=False, teacher_spec=None)  # type: ignore[arg-type]
+    model = compile_model(resolved, device=device)
+    weights = out_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found (was the model built with --device meta?)")
+    state = load_file(str(weights), device=str(device))
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and model.tie_word_embeddings)]
+    if missing or result.unexpected_keys:
+        raise KeyError(f"{weights}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+    model.tie_weights()
+    return model
