@@ -14,6 +14,9 @@ demo: install
 	$(PY) -m minimind_spec build spec/minimind.json
 
 test: install-test
+	@# npm packages for the Mermaid parser tests (they skip, saying why, without Node)
+	@if command -v npm >/dev/null 2>&1; then [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --silent --no-audit --no-fund; \
+	else echo "npm not found: Mermaid parser tests will be skipped"; fi
 	$(PY) -m pytest -q
 
 schema: install

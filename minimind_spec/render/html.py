@@ -57,7 +57,7 @@ def to_html(mermaid_text: str, title: str, mermaid_js: Path | None = None) -> st
 {script}
 <script>
   mermaid.initialize({{ startOnLoad: false, securityLevel: "strict", maxTextSize: 10000000, maxEdges: 100000,
-                       flowchart: {{ htmlLabels: true, useMaxWidth: false }} }});
+                       flowchart: {{ htmlLabels: true, useMaxWidth: false, wrappingWidth: 400 }} }});
   mermaid.run({{ querySelector: "pre.mermaid" }}).then(
     () => {{ document.body.dataset.rendered = "ok"; }},
     (error) => {{ document.body.dataset.rendered = "error"; document.body.insertAdjacentText("beforeend", String(error)); }});

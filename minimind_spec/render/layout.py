@@ -140,13 +140,14 @@ _CLASSES = {
 
 
 def _label(op: OpNode, name: str, lora_base: bool) -> list[str]:
+    """Label lines: name, what it computes, output shape, parameters."""
     if op.op == OpType.LORA:
         return [describe(op), f"{count(op.params)} params, trainable"]
-    lines = [name, describe(op)]
-    last = op.out_shape if op.out_shape != "()" else "scalar"
+    if op.op == OpType.ADD:
+        return [f"⊕ {name}", op.out_shape]
+    lines = [name, describe(op), op.out_shape if op.out_shape != "()" else "scalar"]
     if op.params:
-        last += f" · {count(op.params)} params" + (" (frozen)" if lora_base and not op.trainable else "")
-    lines.append(last)
+        lines.append(f"{count(op.params)} params" + (", frozen" if lora_base and not op.trainable else ""))
     return lines
 
 

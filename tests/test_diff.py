@@ -1,0 +1,110 @@
+"""Semantic diff: spec fields with provenance, graph changes grouped across layers, costs, exit codes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from typer.testing import CliRunner
+
+from minimind_spec.cli import app
+from minimind_spec.diff import diff_specs, format_text, pattern, to_json
+
+from .conftest import SPEC, TINY
+from .mermaid_parser import needs_mermaid, parse_mermaid
+
+runner = CliRunner()
+D, LAYERS = TINY["hyperparams"]["d_model"], TINY["hyperparams"]["n_layers"]
+
+
+def test_pattern_replaces_layer_and_expert_indices() -> None:
+    assert pattern("model.layers.13.mlp.experts.7.up_proj.lora") == "model.layers.*.mlp.experts.*.up_proj.lora"
+    assert pattern("model.layers.2.self_attn.q_proj") == "model.layers.*.self_attn.q_proj"
+    assert pattern("model.norm") == "model.norm"
+
+
+def test_a_spec_against_itself_is_identical(write_spec) -> None:
+    path = write_spec()
+    result = diff_specs(path, path)
+    assert result.identical and not result.fields and not result.nodes and all(c.delta == 0 for c in result.costs)
+    cli = runner.invoke(app, ["diff", str(path), str(path)])
+    assert cli.exit_code == 0 and "identical" in cli.output
+
+
+def test_a_default_set_explicitly_shows_as_such(write_spec) -> None:
+    a = write_spec(name="a.json")
+    b = write_spec(name="b.json", hyperparams={**TINY["hyperparams"], "rope_theta": 1_000_000.0})
+    result = diff_specs(a, b)
+    assert [(f.path, f.old, f.new, f.old_source, f.new_source) for f in result.fields] == \
+        [("/hyperparams/rope_theta", 1_000_000.0, 1_000_000.0, "default", "spec")]
+    assert not result.nodes and not result.identical  # same model, but the spec now states the value
+    assert "/hyperparams/rope_theta: 1000000 (default) -> 1000000 (spec)" in format_text(result)
+
+
+def test_norm_change_is_grouped_across_layers_with_its_cost(write_spec) -> None:
+    a = write_spec(name="a.json")
+    b = write_spec(name="b.json", backbone={**TINY["backbone"], "norm": "LayerNorm"})
+    result = diff_specs(a, b)
+    assert [(f.path, f.old, f.new) for f in result.fields] == [("/backbone/norm", "RMSNorm", "LayerNorm")]
+    groups = {(c.pattern, c.change): c for c in result.nodes}
+    assert set(groups) == {("model.layers.*.input_layernorm", "changed"), ("model.layers.*.post_attention_layernorm", "changed"),
+                           ("model.norm", "changed")}
+    layer_norms = groups[("model.layers.*.input_layernorm", "changed")]
+    assert layer_norms.count == LAYERS and layer_norms.detail.startswith("rmsnorm -> layernorm")
+    total = next(c for c in result.costs if c.name == "total params")
+    assert total.delta == (2 * LAYERS + 1) * D  # LayerNorm adds a bias of d_model to each of the 2 per layer + final norm
+    text = format_text(result)
+    assert f"~ model.layers.*.input_layernorm ({LAYERS} nodes): rmsnorm -> layernorm; params {D} -> {2 * D}" in text
+
+
+def test_variant_switch_adds_experts_and_router(write_spec) -> None:
+    path = write_spec()
+    result = diff_specs(path, path, None, "MoE")
+    added = {c.pattern for c in result.nodes if c.change == "added"}
+    removed = {c.pattern for c in result.nodes if c.change == "removed"}
+    assert {"model.layers.*.mlp.gate", "model.layers.*.mlp.combine", "model.layers.*.mlp.experts.*.up_proj"} <= added
+    assert "model.layers.*.mlp.up_proj" in removed
+    experts = next(c for c in result.nodes if c.pattern == "model.layers.*.mlp.experts.*.up_proj")
+    assert experts.count == LAYERS * 8  # 8 experts by default, in every layer
+    assert result.b.variant == "MoE" and not result.identical
+
+
+def test_json_output_and_exit_codes(write_spec, tmp_path) -> None:
+    a = write_spec(name="a.json")
+    b = write_spec(name="b.json", hyperparams={**TINY["hyperparams"], "n_heads": 8})
+    cli = runner.invoke(app, ["diff", str(a), str(b), "--json"])
+    assert cli.exit_code == 1
+    data = json.loads(cli.stdout)
+    assert data["identical"] is False
+    assert data["fields"] == [{"path": "/hyperparams/n_heads", "old": 4, "new": 8, "old_source": "spec", "new_source": "spec"}]
+    assert {"model.layers.*.self_attn.attention"} <= {n["pattern"] for n in data["nodes"]}
+    assert {c["name"] for c in data["costs"]} >= {"total params", "trainable params", "FLOPs / token", "KV cache / token", "activations"}
+    broken = tmp_path / "broken.json"
+    broken.write_text("{", encoding="utf-8")
+    bad = runner.invoke(app, ["diff", str(a), str(broken)])
+    assert bad.exit_code == 2 and "JSON syntax error" in bad.output
+    assert runner.invoke(app, ["diff", str(a), str(a), "--variant-b", "Sparse"]).exit_code == 2
+
+
+@needs_mermaid
+def test_mermaid_diff_highlights_the_changed_nodes(write_spec) -> None:
+    a = write_spec(name="a.json")
+    b = write_spec(name="b.json", backbone={**TINY["backbone"], "positional_encoding": "Absolute"})
+    cli = runner.invoke(app, ["diff", str(a), str(b), "--format", "mermaid"])
+    assert cli.exit_code == 1
+    text = cli.stdout
+    changed = next(line for line in text.splitlines() if line.strip().startswith("class ") and line.endswith(" changed"))
+    marked = set(changed.split()[1].split(","))
+    # the new position embedding and its add, and the attention that lost its RoPE input
+    assert marked == {"n_model_embed_positions", "n_model_embed_add", "n_model_layers_0_self_attn_attention"}
+    assert "model.rotary_emb" in text and "removed (only in the old spec)" in text
+    assert parse_mermaid({"diff": text})["diff"]["ok"]
+
+
+def test_diff_of_the_card_is_fast() -> None:
+    diff_specs(SPEC, SPEC)  # warm imports
+    start = time.perf_counter()
+    result = diff_specs(SPEC, SPEC, None, "MoE")
+    format_text(result)
+    to_json(result)
+    assert time.perf_counter() - start < 1.0
