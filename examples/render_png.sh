@@ -2,6 +2,7 @@
 # Render a spec's diagram to PNG with headless Chromium and the local mermaid.js (no network).
 #
 #   examples/render_png.sh [SPEC] [OUT.png] [extra `render` options, e.g. --variant MoE]
+#   (relative paths are taken from the repository root)
 #   examples/render_png.sh spec/minimind.json docs/minimind.png
 #
 # Needs: `npm ci` at the repository root (mermaid), Debian's `chromium`, and the package
@@ -10,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 spec=${1:-spec/minimind.json}
-out=${2:-docs/minimind.png}
+out=$(realpath -m "${2:-docs/minimind.png}")
 shift $(( $# < 2 ? $# : 2 ))
 
 work=$(mktemp -d)
@@ -30,5 +31,6 @@ svg=$(grep -o '<svg id="mermaid[^>]*>' <<<"$dom" | head -1)
 width=$(sed -E 's/.* width="([0-9]+).*/\1/' <<<"$svg")
 height=$(sed -E 's/.* height="([0-9]+).*/\1/' <<<"$svg")
 size="$(( width + 60 )),$(( height + 110 ))"  # the page margin and title above the diagram
-browse --window-size="$size" --screenshot="$PWD/$out"
+browse --window-size="$size" --screenshot="$out"
+[ -s "$out" ] || { echo "chromium wrote no screenshot to $out" >&2; exit 1; }
 echo "wrote $out (${size/,/x})"

@@ -23,9 +23,9 @@ from .mermaid_parser import needs_dot, needs_mermaid, parse_mermaid
 
 SHIPPED = sorted(p for p in (ROOT / "spec").glob("*.json") if not p.name.endswith(".schema.json")) + \
     sorted((ROOT / "spec" / "ablations").glob("*.json"))
-NODE_LINE = re.compile(r"^\s*(\w+)(\(\[|\[/|\(\(|\{\{|\[|\(|\{)\"")  # a node declaration: id, then its opening bracket
+NODE_LINE = re.compile(r"^\s*(\w+)(\(\[|\[/|\(\(|\{\{|\[|\()\"")  # a node declaration: id, then its opening bracket
 GRAMMAR = re.compile(
-    r"\w+(\(\[\]\)|\[/\/\]|\(\(\)\)|\{\{\}\}|\[\]|\(\)|\{\})"  # node: id and empty brackets
+    r"\w+(\(\[\]\)|\[/\/\]|\[/\\\]|\(\(\)\)|\{\{\}\}|\[\]|\(\))"  # node: id and empty brackets
     r"|subgraph \w+\[\]|end"  # block
     r"|\w+ (-->|==>|-\.->)(\|\|)? \w+"  # edge, with or without a label
     r"|classDef \w+ [\w:#,.\- ]+|class [\w,]+ \w+")
@@ -129,7 +129,7 @@ def test_collapsed_view_draws_one_layer_for_eight_identical_ones() -> None:
 def test_collapsed_moe_shows_router_experts_block_and_aux_loss() -> None:
     text = render(graph_of(SPEC, "MoE"))
     assert "experts.0-7 (x8)" in text and "model.layers.0-7 (x8)" in text
-    assert re.search(r'n_model_layers_0_mlp_gate\{"mlp\.gate<br/>router: top-2 of 8 experts, aux loss', text)
+    assert re.search(r'n_model_layers_0_mlp_gate\[/"mlp\.gate<br/>router: top-2 of 8 experts, aux loss', text)
     assert "n_model_layers_0_mlp_gate -.->|\"aux\"| n_aux_loss" in text
     assert "n_model_layers_0_mlp_gate -.->|\"routing weights\"| n_model_layers_0_mlp_combine" in text
     assert text.count("gate_proj<br/>") == 1  # one expert drawn for eight

@@ -10,9 +10,9 @@ import typer
 from ..diff import diff_specs, format_text, to_json
 from ..graph import build_graph
 from ..loader import load_spec
-from ..render import FORMATS, render
+from ..render import render
 from ..resolve import resolve
-from .app import app, console, err_console, guarded, print_json
+from .app import app, console, err_console, guarded, print_json, spec_errors
 
 MERMAID_MAX_EDGES = 500  # mermaid's default `maxEdges`; GitHub renders with the defaults
 
@@ -26,7 +26,7 @@ Variant = Annotated[str | None, typer.Option(
 @guarded
 def render_command(
     spec: SpecPath,
-    fmt: Annotated[str, typer.Option(
+    fmt: Annotated[Literal["mermaid", "md", "html", "dot"], typer.Option(
         "--format", "-f", help="mermaid (flowchart text), md (a ```mermaid block GitHub renders), html (a page that renders "
         "it offline, with the source), dot (Graphviz).")] = "mermaid",
     expand: Annotated[bool, typer.Option(
@@ -35,8 +35,6 @@ def render_command(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.", show_default=False)] = None,
 ) -> None:
     """Draw the module graph (the one that compiles) with shapes and parameter counts."""
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
     graph = build_graph(resolve(load_spec(spec), variant))
     text = render(graph, fmt, expand)  # type: ignore[arg-type]
     if fmt in ("mermaid", "md") and text.count("-->") + text.count("==>") + text.count("-.->") > MERMAID_MAX_EDGES:
@@ -56,13 +54,14 @@ def diff_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print the diff as JSON.")] = False,
     fmt: Annotated[Literal["text", "mermaid"], typer.Option(
         "--format", "-f", help="text (the report), or mermaid: the new graph with changed nodes highlighted.")] = "text",
-    variant_a: Annotated[str | None, typer.Option("--variant-a", help="Variant of the old spec to build.", show_default=False)] = None,
-    variant_b: Annotated[str | None, typer.Option("--variant-b", help="Variant of the new spec to build.", show_default=False)] = None,
+    variant_a: Annotated[str | None, typer.Option("--variant-a", help="Variant of the old spec to build, e.g. MoE.", show_default=False)] = None,
+    variant_b: Annotated[str | None, typer.Option("--variant-b", help="Variant of the new spec to build, e.g. MoE.", show_default=False)] = None,
 ) -> None:
     """Semantic diff of two specs: changed fields (with provenance), graph changes grouped across
-    layers, cost deltas and the ablation's expected effect. Exit 0 identical, 1 different, 2 unusable input."""
-    from .app import spec_errors
+    layers, cost deltas and the ablation's expected effect. Exit 0 identical, 1 different, 2 unusable input.
 
+    When B builds a variant through backbone.build_variant (the MoE ablation), A is built as that
+    variant too unless --variant-a/--variant-b say otherwise."""
     with spec_errors():
         result = diff_specs(spec_a, spec_b, variant_a, variant_b)
     if json_output:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from .layout import Block, Drawing, DrawNode
 
 _SHAPES = {
-    "box": "box", "round": "box", "stadium": "box", "hexagon": "hexagon", "diamond": "diamond",
+    "box": "box", "round": "box", "stadium": "box", "hexagon": "hexagon", "trapezoid": "trapezium",
     "parallelogram": "parallelogram", "circle": "ellipse",
 }
 _STYLE = {"round": "rounded", "stadium": "rounded"}

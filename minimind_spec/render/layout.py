@@ -28,7 +28,7 @@ class DrawNode:
 
     key: str
     lines: list[str]
-    shape: str  # box | round | stadium | hexagon | diamond | parallelogram | circle
+    shape: str  # box | round | stadium | hexagon | trapezoid | parallelogram | circle
     classes: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
 
@@ -128,7 +128,7 @@ def describe(op: OpNode) -> str:
 
 _SHAPES = {
     OpType.INPUT: "stadium", OpType.OUTPUT: "stadium", OpType.AUX_LOSS: "stadium",
-    OpType.ADD: "circle", OpType.MOE_COMBINE: "hexagon", OpType.ROUTER: "diamond",
+    OpType.ADD: "circle", OpType.MOE_COMBINE: "hexagon", OpType.ROUTER: "trapezoid",
     OpType.LORA: "parallelogram", OpType.ROPE: "round", OpType.POSITION_EMBEDDING: "round",
 }
 

@@ -18,7 +18,7 @@ _ENTITY_RE = re.compile("[" + re.escape("".join(_ENTITIES)) + "]")
 # (open, close) around the quoted label, per node shape
 _BRACKETS = {
     "box": ("[", "]"), "round": ("(", ")"), "stadium": ("([", "])"), "hexagon": ("{{", "}}"),
-    "diamond": ("{", "}"), "parallelogram": ("[/", "/]"), "circle": ("((", "))"),
+    "trapezoid": ("[/", "\\]"), "parallelogram": ("[/", "/]"), "circle": ("((", "))"),
 }
 
 _ARROWS = {"data": "-->", "residual": "==>", "adapter": "-.->", "routing": "-.->", "aux": "-.->"}
