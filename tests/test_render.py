@@ -172,7 +172,8 @@ def test_html_inlines_mermaid_and_shows_the_source(tmp_path, monkeypatch) -> Non
     monkeypatch.setenv("MINIMIND_MERMAID_JS", str(tmp_path / "none.js"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("minimind_spec.render.html.find_mermaid_js", lambda: None)
-    assert "cdn.jsdelivr.net" in to_html("flowchart TD\n  a", "t")
+    offline = to_html("flowchart TD\n  a", "t")
+    assert "<script src=" not in offline and "npm ci" in offline  # no network: source shown, how to get the drawing
 
 
 @needs_dot

@@ -2,8 +2,8 @@
 
 mermaid.js is inlined from the `mermaid` npm package's dist file when one is found at render
 time (`$MINIMIND_MERMAID_JS`, or `node_modules/mermaid/dist/mermaid.min.js` in the current
-directory or the repository), so the page needs no network. Without it the page loads
-mermaid from a CDN when opened, and says so.
+directory or the repository), so the page needs no network. Without it the page shows the
+Mermaid source and says how to get the drawing (install the npm package, render again).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 MERMAID_DIST = Path("node_modules", "mermaid", "dist", "mermaid.min.js")
-CDN_URL = "https://cdn.jsdelivr.net/npm/mermaid@11/dist/mermaid.min.js"
 
 
 def find_mermaid_js() -> Path | None:
@@ -32,8 +31,9 @@ def to_html(mermaid_text: str, title: str, mermaid_js: Path | None = None) -> st
         script = f"<script>{code}</script>"
         note = f"mermaid.js inlined from {html.escape(mermaid_js.name)}"
     else:
-        script = f'<script src="{CDN_URL}"></script>'
-        note = "mermaid.js loads from a CDN (no local npm install of mermaid was found when this page was written)"
+        script = "<script>window.mermaid = null;</script>"
+        note = ("mermaid.js was not found when this page was written, so only the source is shown: "
+                "run `npm ci` in the repository (or set MINIMIND_MERMAID_JS) and render again")
     source = html.escape(mermaid_text)
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -56,11 +56,13 @@ def to_html(mermaid_text: str, title: str, mermaid_js: Path | None = None) -> st
 <p class="note">Rendered by minimind-spec; {note}.</p>
 {script}
 <script>
+  if (window.mermaid) {{
   mermaid.initialize({{ startOnLoad: false, securityLevel: "strict", maxTextSize: 10000000, maxEdges: 100000,
                        flowchart: {{ htmlLabels: true, useMaxWidth: false, wrappingWidth: 400 }} }});
   mermaid.run({{ querySelector: "pre.mermaid" }}).then(
     () => {{ document.body.dataset.rendered = "ok"; }},
     (error) => {{ document.body.dataset.rendered = "error"; document.body.insertAdjacentText("beforeend", String(error)); }});
+  }}
 </script>
 </body>
 </html>
