@@ -4,6 +4,9 @@ repetition penalty, EOS stop, `max_new_tokens`, and batches with left padding.
 The prompt is run once (prefill) into a cache sized prompt + max_new_tokens; each step then
 feeds one token per sequence and reads logits of that position only. `use_cache=False`
 re-runs the whole sequence every step (slow; it exists to check the cache).
+
+Decoding keeps SDPA off its cuDNN backend: the key length grows by one every step, and cuDNN
+builds a new plan for each new shape (measured on an H100: 13 tokens/s instead of hundreds).
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 if TYPE_CHECKING:
     from .model import MiniMindForCausalLM
+
+DECODE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def apply_repetition_penalty(logits: torch.Tensor, tokens: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -71,24 +77,25 @@ def generate(
     cache = model.new_cache(B, T + max_new_tokens) if use_cache else None
     step_input = input_ids  # (B, T) at prefill, then (B, 1)
     length = T
-    for _ in range(max_new_tokens):
-        if use_cache:
-            out = model(step_input, attention_mask=None if mask is None else mask[:, :length],
-                        past_key_values=cache, use_cache=True, logits_to_keep=1)
-        else:
-            out = model(fed[:, :length], attention_mask=None if mask is None else mask[:, :length], logits_to_keep=1)
-        logits = out.logits[:, -1]  # (B, V)
-        if repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, fed[:, :length], repetition_penalty)
-        new = next_token(logits, temperature, top_k, top_p, generator)  # (B,)
-        fed[:, length] = new
-        step_input = fed[:, length:length + 1]  # (B, 1)
-        if eos_token_id is not None:
-            new = torch.where(finished, torch.full_like(new, pad_token_id), new)
-            finished |= new == eos_token_id
-        tokens[:, length] = new
-        length += 1
-        if eos_token_id is not None and bool(finished.all()):
-            break
+    with sdpa_kernel(DECODE_SDPA_BACKENDS):
+        for _ in range(max_new_tokens):
+            if use_cache:
+                out = model(step_input, attention_mask=None if mask is None else mask[:, :length],
+                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+            else:
+                out = model(fed[:, :length], attention_mask=None if mask is None else mask[:, :length], logits_to_keep=1)
+            logits = out.logits[:, -1]  # (B, V)
+            if repetition_penalty != 1.0:
+                logits = apply_repetition_penalty(logits, fed[:, :length], repetition_penalty)
+            new = next_token(logits, temperature, top_k, top_p, generator)  # (B,)
+            fed[:, length] = new
+            step_input = fed[:, length:length + 1]  # (B, 1)
+            if eos_token_id is not None:
+                new = torch.where(finished, torch.full_like(new, pad_token_id), new)
+                finished |= new == eos_token_id
+            tokens[:, length] = new
+            length += 1
+            if eos_token_id is not None and bool(finished.all()):
+                break
     model.train(was_training)
     return tokens[:, :length]
