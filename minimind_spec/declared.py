@@ -217,6 +217,8 @@ def _check_merge_points(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[Pro
 
 def check_declared(resolved: ResolvedSpec, graph: nx.DiGraph, costs: Costs | None = None) -> list[Problem]:
     """Warnings for every declared number or shape that the graph contradicts."""
+    if resolved.spec is None:  # rebuilt from an exported config.json: nothing was declared
+        return []
     costs = costs or graph_costs(graph)
     out: list[Problem] = []
     _check_modules(resolved, graph, out)

@@ -61,6 +61,8 @@ def explain_rows(resolved: ResolvedSpec) -> list[ExplainRow]:
     for key, value in _flatten("model", model):
         rows.append(ExplainRow(key, value, _model_provenance(key, resolved.provenance)))
     spec = resolved.spec
+    if spec is None:  # rebuilt from an exported config.json: only the model values exist
+        return rows
     for section in TRAINING_SECTIONS:
         rows += _spec_rows(getattr(spec, section), (section,))
     rows.append(ExplainRow("tricks", list(spec.tricks), "spec:/tricks" if "tricks" in spec.model_fields_set else "default"))

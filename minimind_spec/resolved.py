@@ -91,7 +91,7 @@ class ResolvedSpec:
     name: str
     variant: str | None
     model: ModelConfig
-    spec: Spec  # the validated spec as written: training sections and declared numbers
+    spec: Spec | None  # the validated spec as written (training sections, declared numbers); None when rebuilt from config.json
     reasoning_token_masking: bool
     teacher_spec: Path | None
     provenance: dict[str, str] = field(default_factory=dict)
