@@ -21,6 +21,8 @@ app = typer.Typer(
     name="minimind-spec",
     help="Compile a MiniMind JSON architecture spec: validate it, explain every resolved value, "
     "build the module graph with its true parameter counts, and check the numbers the spec declares.",
+    epilog="Start with `minimind-spec build spec/minimind.json`; `minimind-spec COMMAND --help` explains each command. "
+    "Exit codes: 0 ok, 1 differences (diff) or stale schema (schema --check), 2 unusable input.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

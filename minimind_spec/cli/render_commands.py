@@ -57,8 +57,11 @@ def diff_command(
     variant_a: Annotated[str | None, typer.Option("--variant-a", help="Variant of the old spec to build, e.g. MoE.", show_default=False)] = None,
     variant_b: Annotated[str | None, typer.Option("--variant-b", help="Variant of the new spec to build, e.g. MoE.", show_default=False)] = None,
 ) -> None:
-    """Semantic diff of two specs: changed fields (with provenance), graph changes grouped across
-    layers, cost deltas and the ablation's expected effect. Exit 0 identical, 1 different, 2 unusable input.
+    """Semantic diff of two specs (ablations): what changes in the model and what it costs.
+
+    Reports changed fields (with provenance), graph changes grouped across layers, cost deltas
+    and the ablation's expected effect. Exit 0 identical, 1 different, 2 unusable input.
+    Example: `minimind-spec diff spec/minimind.json spec/ablations/lora_rank4.json`.
 
     When B builds a variant through backbone.build_variant (the MoE ablation), A is built as that
     variant too unless --variant-a/--variant-b say otherwise."""

@@ -97,9 +97,15 @@ def build(
     strict: Annotated[bool, typer.Option("--strict", help="Treat declared-vs-compiled mismatches as errors (exit 2).")] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Build the module graph and report its true sizes: parameters per op type and in total, trainable
-    parameters with LoRA, FLOPs per token, KV-cache bytes per token, and every number the spec declares
-    that the graph contradicts (with both numbers)."""
+    """Build the module graph and report its true sizes, and every declared number it contradicts.
+
+    Prints parameters per op type and in total, trainable parameters with LoRA, FLOPs per token,
+    KV-cache bytes per token and activation memory, then each declared-vs-compiled mismatch with
+    both numbers and the reason. The model is always built as the hyperparameters say.
+
+    Examples: `minimind-spec build spec/minimind.json`, `... --variant MoE`,
+    `... --out build/ --device meta`, `... --strict` (mismatches exit 2).
+    """
     from ..pipeline import build as run_build
     from .reports import build_report_json, print_build_report, write_build_outputs
 
