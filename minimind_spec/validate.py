@@ -8,6 +8,7 @@ schema and this command flag the same places.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import types
@@ -153,7 +154,12 @@ def model_problems(data: dict[str, Any]) -> tuple[Spec | None, list[Problem]]:
 
 
 def validate_document(document: LoadedDocument) -> Spec:
-    """Turn a loaded document into a `Spec`, or raise SpecError with every problem found."""
+    """Turn a loaded document into a `Spec`, or raise SpecError with every problem found.
+
+    When some fields have the wrong type, the cross-field rules still run on the document with
+    those fields dropped (back to their defaults), so one run reports both kinds of problem;
+    rule findings at or around a field that already failed are left out.
+    """
     from .semantic import semantic_problems
 
     source = str(document.path)
@@ -161,6 +167,11 @@ def validate_document(document: LoadedDocument) -> Spec:
     seen = {p.path for p in problems}
     problems += [p for p in schema_problems(document.data) if not _covered(p.path, seen)]
     if spec is None or problems:
+        salvaged = _without_bad_fields(document.data)
+        if salvaged is not None:
+            salvaged._origin = SpecOrigin(document.path, tuple(document.chain), ())
+            failed = {p.path for p in problems}
+            problems += [p for p in semantic_problems(salvaged)[0] if not _covered(p.path, failed)]
         raise SpecError(problems, source)
     spec._origin = SpecOrigin(document.path, tuple(document.chain), tuple(document.warnings))
     errors, warnings = semantic_problems(spec)
@@ -168,6 +179,33 @@ def validate_document(document: LoadedDocument) -> Spec:
         raise SpecError(errors, source)
     spec._origin = SpecOrigin(document.path, tuple(document.chain), tuple(document.warnings) + tuple(warnings))
     return spec
+
+
+def _without_bad_fields(data: dict[str, Any]) -> Spec | None:
+    """The spec with every failing field dropped (a closed choice set to its first option),
+    if that leaves a valid spec; else None. Used only to run the cross-field rules."""
+    doc = copy.deepcopy(data)
+    try:
+        Spec.model_validate_json(json.dumps(doc), strict=True)
+        return None
+    except ValidationError as exc:
+        errors = sorted(exc.errors(include_url=False), key=lambda e: -len(e["loc"]))
+    for error in errors:
+        path, annotation, _ = _walk(tuple(error["loc"]))
+        parts = [part.replace("~1", "/").replace("~0", "~") for part in path.split("/")[1:]]
+        parent: Any = doc
+        for part in parts[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else (
+                parent[int(part)] if isinstance(parent, list) and part.isdigit() and int(part) < len(parent) else None)
+        if not isinstance(parent, dict) or not parts:
+            return None
+        options = typing.get_args(_unwrap(annotation)) if typing.get_origin(_unwrap(annotation)) is Literal else ()
+        if error["type"] == "literal_error" and options:
+            parent[parts[-1]] = options[0]
+        else:
+            parent.pop(parts[-1], None)
+    spec, problems = model_problems(doc)
+    return spec if not problems else None
 
 
 def _covered(path: str, seen: set[str]) -> bool:

@@ -214,3 +214,17 @@ def test_rope_scaling_trick_without_config_is_a_warning():
 def test_absurd_sizes_are_rejected_before_building(write_spec):
     problems = problems_of(write_spec, hyperparams={"n_layers": 10**9}, moe={"num_experts": 10**6})
     assert {"/hyperparams/n_layers", "/moe/num_experts"} <= paths(problems)
+
+
+def test_type_errors_and_rule_violations_are_reported_in_one_run(write_spec):
+    lora = {"enabled": True, "placements": ["q_proj", "qproj"]}
+    problems = problems_of(write_spec, backbone={"norm": "RMSnorm"}, hyperparams={"n_heads": 5, "dropout": "0.1"},
+                           techniques={"lora": lora})
+    assert {"/backbone/norm", "/hyperparams/dropout", "/hyperparams/n_heads", "/techniques/lora/placements/1"} == paths(problems)
+
+
+def test_rule_findings_next_to_a_broken_field_are_not_invented(write_spec):
+    # placements has the wrong type: the rule "LoRA enabled without placements" must not fire on the stand-in default
+    problems = problems_of(write_spec, techniques={"lora": {"enabled": True, "placements": "q_proj"}})
+    assert paths(problems) == {"/techniques/lora/placements"}
+    assert "valid list" in problems[0].message or "array" in problems[0].message
