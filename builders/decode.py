@@ -37,6 +37,7 @@ from torch import nn
 from .attention import BACKENDS
 from .lora import Projection
 from .mlp import GatedMLP
+from .norm import RMSNorm
 from .positional import rotate_half
 
 if TYPE_CHECKING:
@@ -63,8 +64,8 @@ class PackedLinear:
         if _onednn_usable(weight):
             try:
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
-                probe = torch.zeros(1, weight.shape[1], dtype=weight.dtype)
-                torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+                self.onednn = torch.ops.mkldnn._linear_pointwise.default
+                self.onednn(torch.zeros(1, weight.shape[1], dtype=weight.dtype), packed, None, "none", [], "")
                 self.kind, self.weight = "onednn", packed
             except (RuntimeError, AttributeError):  # an old or unusual build: use the next best kernel
                 self.kind = "linear"
@@ -74,7 +75,7 @@ class PackedLinear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, in) -> (B, out)
         if self.kind == "onednn":
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+            return self.onednn(x, self.weight, None, "none", [], "")
         if self.kind == "mm":
             return torch.mm(x, self.weight)
         return F.linear(x, self.weight)
@@ -125,20 +126,42 @@ def _pack(model: MiniMindForCausalLM, signature: tuple[object, ...]) -> PackedWe
     return PackedWeights(layers=layers, lm_head=PackedLinear(_effective_weight(model.lm_head)), signature=signature)
 
 
+class _PackSlot:
+    """Holds a model's pack; copies and pickles of the model get an empty slot (the pack is
+    derived data, and oneDNN's opaque tensors can be neither deep-copied nor pickled)."""
+
+    def __init__(self) -> None:
+        self.packed: PackedWeights | None = None
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _PackSlot:
+        return _PackSlot()
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return _PackSlot, ()
+
+
 def packed_weights(model: MiniMindForCausalLM) -> PackedWeights:
     """The model's packed decode weights, rebuilt when any parameter changed since the last pack."""
     signature = _signature(model)
-    packed: PackedWeights | None = model.__dict__.get(_ATTRIBUTE)
-    if packed is None or packed.signature != signature:
-        model.__dict__[_ATTRIBUTE] = None  # free the stale pack before building the new one
-        packed = _pack(model, signature)
-        model.__dict__[_ATTRIBUTE] = packed
-    return packed
+    slot = model.__dict__.setdefault(_ATTRIBUTE, _PackSlot())
+    if slot.packed is None or slot.packed.signature != signature:
+        slot.packed = None  # free the stale pack before building the new one
+        slot.packed = _pack(model, signature)
+    return slot.packed
 
 
 def drop_packed_weights(model: MiniMindForCausalLM) -> None:
     """Free the packed copy (it is rebuilt by the next generation that wants it)."""
     model.__dict__.pop(_ATTRIBUTE, None)
+
+
+def _norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's norm on x (B, D): RMSNorm's arithmetic without the module call, else the module."""
+    if type(module) is RMSNorm:
+        if x.dtype == torch.float32:  # weight * normed, both fp32: the same products inside rms_norm
+            return F.rms_norm(x, (module.dim,), module.weight, module.eps)
+        return module.weight * F.rms_norm(x.float(), (module.dim,), eps=module.eps).to(x.dtype)
+    return module(x)
 
 
 class DecodeStep:
@@ -185,28 +208,29 @@ class DecodeStep:
         for index, (layer, weights) in enumerate(zip(stack.layers, packed.layers)):
             attn = layer.self_attn
             H, Hkv, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
-            qkv = weights.qkv(layer.input_layernorm(x))  # (B, (H + 2 Hkv) d)
+            qkv = weights.qkv(_norm(layer.input_layernorm, x))  # (B, (H + 2 Hkv) d)
             qk = qkv[:, :(H + Hkv) * d].view(B, H + Hkv, d)
             if cos is not None and sin is not None:
-                qk = qk * cos + rotate_half(qk) * sin  # (B, H + Hkv, d), q and k rotated together
+                qk = torch.addcmul(qk * cos, rotate_half(qk), sin)  # (B, H + Hkv, d), q and k rotated together
             v = qkv[:, (H + Hkv) * d:].view(B, Hkv, d)
             key_buf, value_buf = cache.keys[index], cache.values[index]
-            key_buf[:, :, offset].copy_(qk[:, H:])
-            value_buf[:, :, offset].copy_(v)
+            key_buf.select(2, offset).copy_(qk[:, H:])
+            value_buf.select(2, offset).copy_(v)
             q = qk[:, :H, None]  # (B, H, 1, d)
-            out = BACKENDS[attn.backend](q, key_buf[:, :, :offset + 1], value_buf[:, :, :offset + 1], mask, 0.0, False)
-            x = x + weights.o(out.reshape(B, H * d))  # (B, D)
-            h = layer.post_attention_layernorm(x)  # (B, D)
+            keys, values = key_buf.narrow(2, 0, offset + 1), value_buf.narrow(2, 0, offset + 1)  # (B, Hkv, S, d)
+            out = BACKENDS[attn.backend](q, keys, values, mask, 0.0, False)  # (B, H, 1, d)
+            x = x + weights.o(out.view(B, H * d))  # (B, D); x is this step's own tensor from here on
+            h = _norm(layer.post_attention_layernorm, x)  # (B, D)
             if weights.gate_up is not None and weights.down is not None:
                 gate_up = weights.gate_up(h)  # (B, 2 hidden)
                 hidden = gate_up.shape[1] // 2
-                x = x + weights.down(layer.mlp.act_fn(gate_up[:, :hidden]) * gate_up[:, hidden:])
+                x.add_(weights.down(layer.mlp.act_fn(gate_up[:, :hidden]).mul_(gate_up[:, hidden:])))
             else:
                 x = x + layer.mlp(h[:, None], None)[0][:, 0]  # MoE: its own module on (B, 1, D)
         cache.advance(1)
         if self.positions is not None:
             self.positions += 1
-        return packed.lm_head(stack.norm(x))  # (B, V)
+        return packed.lm_head(_norm(stack.norm, x))  # (B, V)
 
 
 def supports_fast_decode(model: nn.Module) -> bool:
