@@ -157,9 +157,12 @@ class MiniMindForCausalLM(nn.Module):
 
         loss = None
         if labels is not None:
-            shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # (B*(T-1), V)
-            shift_labels = labels[:, 1:].reshape(-1).to(logits.device)  # (B*(T-1),)
-            loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, label_smoothing=self.label_smoothing)
+            # Shift the labels, not the logits (as Hugging Face does): position t predicts label t + 1 and the
+            # last position gets -100, so the (B*T, V) view of the logits needs no sliced copy, and its
+            # gradient no zero-filled buffer to scatter into. No-op .float() in fp32; upcasts bf16 logits.
+            shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1).to(logits.device)  # (B*T,)
+            flat_logits = logits.float().reshape(-1, logits.shape[-1])  # (B*T, V)
+            loss = F.cross_entropy(flat_logits, shift_labels, ignore_index=-100, label_smoothing=self.label_smoothing)
         if aux is None:
             aux = logits.new_zeros((), dtype=torch.float32)
         counts = None
