@@ -104,10 +104,20 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def swap_halves(x: torch.Tensor) -> torch.Tensor:
+    # x: (..., d) -> (..., d), the two halves swapped (one copy; its backward is the same swap)
+    return x.unflatten(-1, (2, x.shape[-1] // 2)).flip(-2).flatten(-2)
+
+
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # q: (B, H, T, d), k: (B, Hkv, T, d), cos/sin: (B|1, 1, T, d) -> rotated q, k in their own dtype
+    # x * cos + rotate_half(x) * sin, with the negation moved onto the small sin table
+    # (rotate_half(x) * sin == swap_halves(x) * signed_sin): three kernels per tensor instead of five,
+    # and a backward without the zero-filled slice gradients of rotate_half.
     cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    half = sin.shape[-1] // 2
+    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # (B|1, 1, T, d)
+    return torch.addcmul(q * cos, swap_halves(q), signed_sin), torch.addcmul(k * cos, swap_halves(k), signed_sin)
 
 
 class LearnedPositionEmbedding(nn.Module):
