@@ -1,5 +1,5 @@
-"""Time the front end: load + validate + resolve + graph (+ checks) of a spec, after imports,
-and how graph building scales with the layer count.
+"""Time the front end: load + validate + resolve + graph (+ checks), render and diff of a
+spec, after imports, and how graph building scales with the layer count.
 
     python benchmarks/bench_frontend.py [SPEC] [--repeat N]
 
@@ -20,6 +20,8 @@ from minimind_spec import build_graph, load_spec, resolve
 from minimind_spec.checks import check_graph
 from minimind_spec.costs import graph_costs
 from minimind_spec.declared import check_declared
+from minimind_spec.diff import diff_specs, format_text
+from minimind_spec.render import render
 from minimind_spec.loader import load_document
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,10 +59,13 @@ def main() -> None:
         "build_graph": lambda: build_graph(resolved),
         "check_graph + declared": lambda: (check_graph(graph), check_declared(resolved, graph)),
         "all of the above": everything,
+        "render (load..graph + mermaid)": lambda: render(build_graph(resolve(load_spec(args.spec)))),
+        "render --variant MoE --expand": lambda: render(build_graph(resolve(load_spec(args.spec), "MoE")), "mermaid", True),
+        "diff base vs MoE (text)": lambda: format_text(diff_specs(args.spec, args.spec, None, "MoE")),
     }
     print(f"front end on {args.spec} (median of {args.repeat}, after imports)")
     for name, fn in stages.items():
-        print(f"  {name:<24} {median_ms(fn, args.repeat):8.2f} ms")
+        print(f"  {name:<32} {median_ms(fn, args.repeat):8.2f} ms")
 
     print("\ngraph building vs layer count")
     print(f"  {'layers':>6} {'nodes':>7} {'build ms':>9} {'ms/layer':>9}")

@@ -23,6 +23,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,17 +32,51 @@ ROOT = Path(__file__).resolve().parents[1]
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
 
-def build(impl: str, device: str, spec_path: str) -> tuple[Any, Any]:
-    import torch
-
-    from minimind_spec import compile_model, load_spec, resolve
+def bench_resolved(spec_path: str, device: str) -> Any:
+    """The card's spec as benchmarked: dense base build, LoRA left out, SDPA (flash-attn2 on CUDA)."""
+    from minimind_spec import load_spec, resolve
 
     resolved = resolve(load_spec(spec_path))
     backend = "flash-attn2" if device == "cuda" else "sdpa"
-    model_config = dataclasses.replace(resolved.model, lora=None, attention_backend=backend)
-    resolved = dataclasses.replace(resolved, model=model_config)
-    ours = compile_model(resolved, device=device, seed=0)
+    return dataclasses.replace(resolved, model=dataclasses.replace(resolved.model, lora=None, attention_backend=backend))
+
+
+def write_weights(spec_path: str, path: Path) -> None:
+    """Seeded weights both implementations load, so each worker holds one model plus one transient copy."""
+    from safetensors.torch import save_file
+
+    from minimind_spec import compile_model
+
+    resolved = bench_resolved(spec_path, "cpu")
+    state = {k: v.detach().contiguous() for k, v in compile_model(resolved, device="cpu", seed=0).state_dict().items()}
+    if resolved.model.tie_word_embeddings:
+        state.pop("lm_head.weight")  # the same tensor as model.embed_tokens.weight
+    save_file(state, str(path))
+
+
+def load_weights(model: Any, weights: str, device: str, tied: bool) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(weights, device=device)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    allowed = {"lm_head.weight"} if tied else set()
+    if unexpected or set(missing) - allowed:
+        raise SystemExit(f"weights do not fit: missing {missing}, unexpected {unexpected}")
+    del state
+
+
+def build(impl: str, device: str, spec_path: str, weights: str | None = None) -> tuple[Any, Any]:
+    """One implementation's model with the shared seeded weights (none on meta)."""
+    import torch
+
+    from minimind_spec import compile_model
+
+    resolved = bench_resolved(spec_path, device)
+    model_config = resolved.model
     if impl == "ours":
+        ours = compile_model(resolved, device=device, seed=0)
+        if weights is not None:
+            load_weights(ours, weights, device, model_config.tie_word_embeddings)
         return ours, model_config
     import transformers
 
@@ -54,9 +89,9 @@ def build(impl: str, device: str, spec_path: str) -> tuple[Any, Any]:
     )
     config._attn_implementation = "sdpa"
     hf = transformers.LlamaForCausalLM(config).to(device)
-    hf.load_state_dict(ours.state_dict(), strict=False)
+    if weights is not None:
+        load_weights(hf, weights, device, model_config.tie_word_embeddings)
     hf.tie_weights()
-    del ours
     torch.manual_seed(0)
     return hf, model_config
 
@@ -74,10 +109,10 @@ def train_flops_per_token(model: Any, c: Any, seq: int) -> float:
     return 6 * n + 12 * c.n_layers * c.d_model * seq
 
 
-def measure_train(impl: str, device: str, spec: str, precision: str, batch: int, seq: int, steps: int) -> dict[str, float]:
+def measure_train(impl: str, device: str, spec: str, precision: str, batch: int, seq: int, steps: int, weights: str) -> dict[str, float]:
     import torch
 
-    model, c = build(impl, device, spec)
+    model, c = build(impl, device, spec, weights)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     tokens = torch.randint(0, c.vocab_size, (batch, seq), device=device)
@@ -106,10 +141,10 @@ def measure_train(impl: str, device: str, spec: str, precision: str, batch: int,
     return result
 
 
-def measure_decode(impl: str, device: str, spec: str, precision: str, new_tokens: int) -> dict[str, float]:
+def measure_decode(impl: str, device: str, spec: str, precision: str, new_tokens: int, weights: str) -> dict[str, float]:
     import torch
 
-    model, c = build(impl, device, spec)
+    model, c = build(impl, device, spec, weights)
     model.eval()
     if precision == "bf16":
         model.to(torch.bfloat16)
@@ -141,9 +176,9 @@ def worker(args: argparse.Namespace) -> None:
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     if args.measure == "train":
-        result = measure_train(args.impl, args.device, args.spec, args.precision, args.batch, args.seq, args.steps)
+        result = measure_train(args.impl, args.device, args.spec, args.precision, args.batch, args.seq, args.steps, args.weights)
     else:
-        result = measure_decode(args.impl, args.device, args.spec, args.precision, args.new_tokens)
+        result = measure_decode(args.impl, args.device, args.spec, args.precision, args.new_tokens, args.weights)
     if args.device == "cuda":
         result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -154,7 +189,7 @@ def worker(args: argparse.Namespace) -> None:
 def run_worker(args: argparse.Namespace, impl: str, measure: str, precision: str) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--measure", measure, "--precision", precision,
            "--device", args.device, "--spec", args.spec, "--batch", str(args.batch), "--seq", str(args.seq),
-           "--steps", str(args.steps), "--new-tokens", str(args.new_tokens)]
+           "--steps", str(args.steps), "--new-tokens", str(args.new_tokens), "--weights", args.weights]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -193,7 +228,12 @@ def main() -> None:
     parser.add_argument("--impl", choices=["ours", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=["train", "decode"], help=argparse.SUPPRESS)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    parser.add_argument("--write-weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.write_weights:
+        write_weights(args.spec, Path(args.write_weights))
+        return
     if args.worker:
         worker(args)
         return
@@ -215,6 +255,11 @@ def main() -> None:
             ("decode fp32 (B=1, 256 new)", "decode", "fp32"), ("decode bf16 weights (B=1, 256 new)", "decode", "bf16")]
     print(f"| measurement | ours tok/s | HF tok/s | ours/HF | ours peak MB | HF peak MB |{' ours MFU |' if args.device == 'cuda' else ''}")
     print(f"|---|---|---|---|---|---|{'---|' if args.device == 'cuda' else ''}")
+    # the shared weights are written by a child process: the parent's RSS high-water mark would
+    # otherwise carry into every worker it starts
+    tmp = tempfile.TemporaryDirectory()
+    args.weights = str(Path(tmp.name) / "weights.safetensors")
+    subprocess.run([sys.executable, __file__, "--spec", args.spec, "--write-weights", args.weights], check=True, cwd=ROOT)
     for label, measure, precision in rows:
         ours = run_worker(args, "ours", measure, precision)
         hf = run_worker(args, "hf", measure, precision)

@@ -138,6 +138,8 @@ class MiniMindForCausalLM(nn.Module):
         if cache is None and use_cache:
             cache = self.new_cache(B, self.max_position_embeddings)
         offset = cache.length if cache is not None else 0
+        if offset + T > self.max_position_embeddings:  # python ints: no graph break under torch.compile
+            raise ValueError(f"{offset} + {T} tokens exceed max_position_embeddings ({self.max_position_embeddings})")
         if position_ids is None:
             if attention_mask is not None:  # left padding: count only real tokens
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)

@@ -266,12 +266,13 @@ def edge_changes(ga: nx.DiGraph, gb: nx.DiGraph) -> list[EdgeChange]:
     common = set(ga.nodes) & set(gb.nodes)
     ea = {(u, v, d.get("kind")) for u, v, d in ga.edges(data=True) if u in common and v in common}
     eb = {(u, v, d.get("kind")) for u, v, d in gb.edges(data=True) if u in common and v in common}
-    groups: dict[tuple[str, str, str, str], int] = {}
+    groups: dict[tuple[str, str, str, str], list[tuple[str, str]]] = {}
     for change, edges in (("removed", ea - eb), ("added", eb - ea)):
         for u, v, kind in sorted(edges):
-            key = (pattern(u), pattern(v), str(kind), change)
-            groups[key] = groups.get(key, 0) + 1
-    return [EdgeChange(u, v, kind, change, n) for (u, v, kind, change), n in groups.items()]
+            groups.setdefault((pattern(u), pattern(v), str(kind), change), []).append((u, v))
+    # a group of one keeps its concrete ids: only layer 0 has that edge, not "layers.*"
+    return [EdgeChange(*(pairs[0] if len(pairs) == 1 else (u, v)), kind, change, len(pairs))
+            for (u, v, kind, change), pairs in groups.items()]
 
 
 # ----- (c) costs -----
@@ -380,7 +381,7 @@ def format_text(result: SpecDiff) -> str:
     marks = {"added": "+", "removed": "-", "changed": "~"}
     for c in result.nodes:
         times = f" ({c.count} nodes)" if c.count > 1 else ""
-        out.append(f"  {marks[c.change]} {c.pattern}{times}: {c.detail}")
+        out.append(f"  {marks[c.change]} {c.pattern if c.count > 1 else c.node_ids[0]}{times}: {c.detail}")
     for e in result.edges:
         times = f" ({e.count} edges)" if e.count > 1 else ""
         out.append(f"  {marks[e.change]} edge {e.source} -> {e.target} [{e.kind}]{times}")

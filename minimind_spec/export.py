@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .errors import Problem, SpecError
 from .resolved import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig
 
 WEIGHTS_FILE = "model.safetensors"
@@ -76,6 +77,16 @@ def model_config_dict(resolved: ResolvedSpec) -> dict[str, Any]:
     return config
 
 
+def _require_device(device: str) -> None:
+    """Refuse a device this machine does not have, before any work is done."""
+    kind = device.split(":")[0]
+    available = {"cpu": True, "meta": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(kind, False):
+        raise SpecError(Problem("", f"device {device!r} is not available on this machine",
+                                "use --device cpu, or meta to write the config only"))
+
+
 def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu", seed: int = 0) -> list[Path]:
     """Write config.json and, unless `device` is "meta", model.safetensors with the seeded
     initial weights. Returns the paths written: on the meta device there are no weights to
@@ -84,6 +95,7 @@ def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu"
 
     from .compile import compile_model
 
+    _require_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = compile_model(resolved, device=device, seed=seed)

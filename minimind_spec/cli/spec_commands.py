@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich import box
@@ -66,6 +66,7 @@ def explain(path: SpecPath, variant: Variant = None, as_json: AsJson = False) ->
 
 
 @app.command()
+@guarded
 def schema(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON Schema.")] = DEFAULT_SCHEMA_PATH,
     check: Annotated[bool, typer.Option("--check", help="Do not write; exit 1 if the file differs from the models.")] = False,
@@ -92,7 +93,7 @@ def build(
     path: SpecPath,
     variant: Variant = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for resolved.json, graph.json (node-link), model.safetensors and config.json.")] = None,
-    device: Annotated[str, typer.Option("--device", help="Device for the weights written with --out; 'meta' builds without allocating (no weights file).")] = "cpu",
+    device: Annotated[Literal["cpu", "cuda", "mps", "meta"], typer.Option("--device", help="Device for the weights written with --out; 'meta' builds without allocating (no weights file).")] = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights written with --out.")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Treat declared-vs-compiled mismatches as errors (exit 2).")] = False,
     as_json: AsJson = False,

@@ -77,17 +77,17 @@ class NoRopeScaling(SpecModel):
 
 class LinearRopeScaling(SpecModel):
     type: Literal["linear"] = Field(description="Position interpolation: positions divided by `factor`.")
-    factor: Annotated[float, Field(ge=1.0)] = Field(description="Context extension factor (>= 1).")
+    factor: Annotated[float, Field(ge=1.0, le=1024.0)] = Field(description="Context extension factor (1 to 1024).")
 
 
 class NtkRopeScaling(SpecModel):
     type: Literal["ntk"] = Field(description="NTK-aware scaling: theta multiplied by factor^(dim/(dim-2)).")
-    factor: Annotated[float, Field(ge=1.0)] = Field(description="Context extension factor (>= 1).")
+    factor: Annotated[float, Field(ge=1.0, le=1024.0)] = Field(description="Context extension factor (1 to 1024).")
 
 
 class YarnRopeScaling(SpecModel):
     type: Literal["yarn"] = Field(description="YaRN: per-frequency blend of interpolation and extrapolation, plus attention scaling.")
-    factor: Annotated[float, Field(ge=1.0)] = Field(description="Context extension factor (>= 1).")
+    factor: Annotated[float, Field(ge=1.0, le=1024.0)] = Field(description="Context extension factor (1 to 1024).")
     original_max_position_embeddings: PositiveInt | None = Field(
         default=None, description="Context length the model was trained at; default hyperparams.seq_len."
     )
@@ -112,14 +112,14 @@ class Hyperparams(SpecModel):
     kernel: None = Field(default=None, description="Convolution kernel; applies to convolutional backbones only, must be null here.")
     stride: None = Field(default=None, description="Convolution stride; applies to convolutional backbones only, must be null here.")
     patch: None = Field(default=None, description="Patch size; applies to vision backbones only, must be null here.")
-    seq_len: PositiveInt = Field(description="Training context length in tokens.")
+    seq_len: Annotated[int, Field(gt=0, le=1_048_576)] = Field(description="Training context length in tokens (at most 2^20).")
     vocab: Annotated[int, Field(gt=0, le=16_777_216)] = Field(description="Vocabulary size (at most 2^24).")
     rope_theta: PositiveFloat = Field(default=1_000_000.0, description="RoPE base frequency. Default 1e6, as MiniMind uses.")
     rope_scaling: RopeScaling | None = Field(default=None, description="RoPE context scaling: null/none, linear, ntk or yarn.")
     norm_eps: PositiveFloat = Field(default=1e-5, description="Epsilon of every norm. Default 1e-5, as MiniMind uses.")
     tie_word_embeddings: bool = Field(default=True, description="Share the lm_head weight with the token embedding. Default true, as MiniMind does.")
-    max_position_embeddings: PositiveInt | None = Field(
-        default=None, description="Longest sequence the model accepts. Default seq_len times the RoPE scaling factor."
+    max_position_embeddings: Annotated[int, Field(gt=0, le=16_777_216)] | None = Field(
+        default=None, description="Longest sequence the model accepts (at most 2^24). Default seq_len times the RoPE scaling factor."
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         default="bfloat16", description="Compute dtype of training and of the KV cache; used for memory figures."
