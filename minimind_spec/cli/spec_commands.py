@@ -56,9 +56,9 @@ def explain(path: SpecPath, variant: Variant = None, as_json: AsJson = False) ->
         print_json(resolved_to_json(resolved))
         return
     table = Table(title=f"{resolved.name} ({resolved.variant or 'base'}) resolved", box=box.SIMPLE_HEAD)
-    table.add_column("field", overflow="fold", ratio=3)
-    table.add_column("value", overflow="fold", ratio=2)
-    table.add_column("provenance", overflow="fold", ratio=4)
+    table.add_column("field", overflow="fold", ratio=4)
+    table.add_column("value", overflow="fold", max_width=18)
+    table.add_column("provenance", overflow="fold", ratio=4, min_width=26)
     for row in explain_rows(resolved):
         style = "cyan" if row.provenance.startswith("spec:") else ("magenta" if row.provenance.startswith(("derived", "variant")) else "dim")
         table.add_row(row.field, json.dumps(row.value), f"[{style}]{row.provenance}[/{style}]")
