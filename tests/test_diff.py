@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from minimind_spec.cli import app
-from minimind_spec.diff import diff_specs, format_text, pattern, to_json
+from minimind_spec.diff import diff_specs, format_text, pattern
 
 from .conftest import SPEC, TINY
 from .mermaid_parser import needs_mermaid, parse_mermaid

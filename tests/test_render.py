@@ -7,13 +7,12 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from minimind_spec.cli import app
-from minimind_spec.graph import OpNode, build_graph, node, nodes
+from minimind_spec.graph import build_graph, node, nodes
 from minimind_spec.loader import load_spec
-from minimind_spec.render import escape, layout, render
+from minimind_spec.render import escape, render
 from minimind_spec.render.html import to_html
 from minimind_spec.resolve import resolve
 
