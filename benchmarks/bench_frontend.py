@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from minimind_spec import build_graph, load_spec, resolve
-from minimind_spec.checks import check_graph
-from minimind_spec.costs import graph_costs
-from minimind_spec.declared import check_declared
+from minimind_spec.graph import check_graph
+from minimind_spec.graph import graph_costs
+from minimind_spec.graph import check_declared
 from minimind_spec.diff import diff_specs, format_text
 from minimind_spec.render import render
 from minimind_spec.loader import load_document

@@ -5,6 +5,9 @@ Layout and state-dict names follow Hugging Face Llama/Qwen:
     model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp},
     model.norm, lm_head (sharing model.embed_tokens.weight when tied).
 The forward pass is plain PyTorch (no graph interpreter), so it runs under torch.compile.
+It returns logits (and, on request, every layer's hidden states), the MoE aux loss and the
+expert counts; objectives (`builders.techniques`) turn those into losses. `labels=` computes
+the plain causal-LM loss for convenience, as Hugging Face models do.
 """
 
 from __future__ import annotations
@@ -13,29 +16,34 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention, build_attention_mask
 from .cache import StaticKVCache
+from .inference.generate import generate
 from .lora import LoRAAdapter, Projection, lora_state_dict, merge_lora, unmerge_lora
 from .mlp import GatedMLP
 from .moe import MoE
 from .norm import LayerNorm, RMSNorm
 from .positional import LearnedPositionEmbedding, RotaryEmbedding
+from .techniques.causal_lm import causal_lm_loss
 
 
 @dataclass
 class CausalLMOutput:
-    """logits (B, T', V); loss: shifted cross-entropy (None without labels); aux_loss: the
-    weighted MoE balance loss summed over layers (0 for dense; add it to `loss` when
-    training); past_key_values: the cache when `use_cache`; expert_counts: (layers, E)."""
+    """logits (B, T', V); aux_loss: the weighted MoE balance loss summed over layers (0 for
+    dense; add it to the objective when training); expert_counts: tokens per expert in this
+    forward, (MoE layers, E), None for dense; hidden_states: with `output_hidden_states`,
+    n_layers + 1 tensors (B, T, D) as Hugging Face returns them (the embeddings, each layer's
+    output, the last one after the final norm); loss: the causal-LM loss when `labels` were
+    given; past_key_values: the cache when `use_cache`."""
 
     logits: torch.Tensor
-    loss: torch.Tensor | None = None
-    aux_loss: torch.Tensor | None = None
-    past_key_values: StaticKVCache | None = None
+    aux_loss: torch.Tensor
     expert_counts: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    loss: torch.Tensor | None = None
+    past_key_values: StaticKVCache | None = None
 
 
 class DecoderLayer(nn.Module):
@@ -88,8 +96,10 @@ class MiniMindModel(nn.Module):
         self.norm = norm
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
-                cache: StaticKVCache | None, offset: int, token_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # input_ids: (B, T), position_ids: (B, T) or (T,) -> hidden (B, T, D), summed aux loss
+                cache: StaticKVCache | None, offset: int, token_mask: torch.Tensor | None,
+                hidden_states: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # input_ids: (B, T), position_ids: (B, T) or (T,) -> normed hidden (B, T, D), summed aux loss () or None;
+        # appends each layer's input (B, T, D) and the normed output to `hidden_states` when given
         x = self.embed_tokens(input_ids)  # (B, T, D)
         cos = sin = None
         if self.rotary_emb is not None:
@@ -99,17 +109,22 @@ class MiniMindModel(nn.Module):
             x = x + self.embed_positions(position_ids)  # (B, T, D)
         aux_total = None
         for layer in self.layers:
+            if hidden_states is not None:
+                hidden_states.append(x)
             x, aux = layer(x, cos, sin, mask, cache, offset, token_mask)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
-        return self.norm(x), aux_total
+        x = self.norm(x)  # (B, T, D)
+        if hidden_states is not None:
+            hidden_states.append(x)
+        return x, aux_total
 
 
 class MiniMindForCausalLM(nn.Module):
     """The compiled language model: `model` (the stack) and `lm_head` (tied or not)."""
 
     def __init__(self, *, model: MiniMindModel, lm_head: Projection, tie_word_embeddings: bool, n_kv_heads: int,
-                 head_dim: int, max_position_embeddings: int, label_smoothing: float = 0.0) -> None:
+                 head_dim: int, max_position_embeddings: int) -> None:
         super().__init__()
         self.model = model
         self.lm_head = lm_head
@@ -117,7 +132,6 @@ class MiniMindForCausalLM(nn.Module):
         self.n_kv_heads = n_kv_heads
         self.head_dim = head_dim
         self.max_position_embeddings = max_position_embeddings
-        self.label_smoothing = label_smoothing
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -131,8 +145,8 @@ class MiniMindForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 past_key_values: StaticKVCache | None = None, use_cache: bool = False, position_ids: torch.Tensor | None = None,
-                logits_to_keep: int = 0) -> CausalLMOutput:
-        # input_ids: (B, T); attention_mask: (B, offset + T) 1 = token, 0 = padding; labels: (B, T)
+                logits_to_keep: int = 0, output_hidden_states: bool = False) -> CausalLMOutput:
+        # input_ids: (B, T); attention_mask: (B, offset + T) 1 = token, 0 = padding; labels: (B, T) aligned with input_ids
         B, T = input_ids.shape
         cache = past_key_values
         if cache is None and use_cache:
@@ -150,29 +164,25 @@ class MiniMindForCausalLM(nn.Module):
             dtype = torch.get_autocast_dtype(input_ids.device.type)
         mask = build_attention_mask(attention_mask, T, offset + T, offset, dtype)  # (B|1, 1, T, S) or None
         token_mask = attention_mask[:, -T:] if attention_mask is not None else None  # (B, T)
-        hidden, aux = self.model(input_ids, position_ids, mask, cache, offset, token_mask)  # (B, T, D)
+        all_hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
+        hidden, aux = self.model(input_ids, position_ids, mask, cache, offset, token_mask, all_hidden)  # (B, T, D)
         if cache is not None:
             cache.advance(T)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]  # (B, T', D)
         logits = self.lm_head(hidden)  # (B, T', V)
-
-        loss = None
-        if labels is not None:
-            # Shift the labels, not the logits (as Hugging Face does): position t predicts label t + 1 and the
-            # last position gets -100, so the (B*T, V) view of the logits needs no sliced copy, and its
-            # gradient no zero-filled buffer to scatter into. No-op .float() in fp32; upcasts bf16 logits.
-            shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1).to(logits.device)  # (B*T,)
-            flat_logits = logits.float().reshape(-1, logits.shape[-1])  # (B*T, V)
-            loss = F.cross_entropy(flat_logits, shift_labels, ignore_index=-100, label_smoothing=self.label_smoothing)
         if aux is None:
             aux = logits.new_zeros((), dtype=torch.float32)
         counts = None
         moe_layers = [layer.mlp for layer in self.model.layers if isinstance(layer.mlp, MoE)]
         if moe_layers:
-            counts = torch.stack([m.expert_counts for m in moe_layers])  # (layers, E)
-        return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux, past_key_values=cache if use_cache else None,
-                              expert_counts=counts)
+            counts = torch.stack([moe.expert_counts for moe in moe_layers])  # (MoE layers, E)
+        return CausalLMOutput(
+            logits=logits, aux_loss=aux, expert_counts=counts,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            loss=causal_lm_loss(logits, labels) if labels is not None else None,
+            past_key_values=cache if use_cache else None,
+        )
 
     def new_cache(self, batch_size: int, max_length: int, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> StaticKVCache:
@@ -183,9 +193,7 @@ class MiniMindForCausalLM(nn.Module):
                              dtype=dtype or weight.dtype)
 
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """See `builders.generate.generate`."""
-        from .generate import generate
-
+        """See `builders.inference.generate`."""
         return generate(self, input_ids, **kwargs)
 
     def merge_lora(self) -> int:
@@ -216,16 +224,3 @@ class MiniMindForCausalLM(nn.Module):
                 if module is self.lm_head and self.tie_word_embeddings:
                     continue
                 param.normal_(0.0, std, generator=generator)
-
-    def expert_token_counts(self) -> torch.Tensor | None:
-        """Tokens each expert received in the last forward: (MoE layers, E), or None for dense."""
-        moe_layers = [layer.mlp for layer in self.model.layers if isinstance(layer.mlp, MoE)]
-        return torch.stack([m.expert_counts for m in moe_layers]) if moe_layers else None
-
-
-def build_lm_head(*, in_features: int, out_features: int) -> Projection:
-    return Projection(in_features, out_features)
-
-
-def build_embedding(*, num_embeddings: int, dim: int) -> nn.Embedding:
-    return nn.Embedding(num_embeddings, dim)

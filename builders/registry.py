@@ -15,9 +15,9 @@ from types import MappingProxyType
 from torch import nn
 
 from .attention import build_attention
+from .embedding import build_embedding, build_lm_head
 from .lora import build_linear, build_lora
 from .mlp import build_glu
-from .model import build_embedding, build_lm_head
 from .moe import build_moe, build_router
 from .norm import build_layernorm, build_rmsnorm
 from .positional import build_position_embedding, build_rope

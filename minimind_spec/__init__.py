@@ -1,7 +1,8 @@
 """minimind-spec: a declarative, spec-driven compiler for MiniMind language models.
 
-Pipeline: load_spec (parse + validate) -> resolve -> build_graph -> checks -> compile_model.
-The front end imports no torch; `compile_model` loads the PyTorch back end on first use.
+Pipeline: load_spec (parse + validate + rules) -> resolve -> build_graph -> checks ->
+compile_model. The front end imports no torch; `compile_model` loads the PyTorch side
+(`minimind_spec.engine`) on first use.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ __all__ = ["Problem", "SpecError", "build_graph", "compile_model", "load_spec", 
 
 def __getattr__(name: str) -> Any:
     if name == "compile_model":
-        from .compile import compile_model
+        from .engine import compile_model
 
         return compile_model
     raise AttributeError(f"module 'minimind_spec' has no attribute {name!r}")

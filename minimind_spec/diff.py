@@ -28,12 +28,11 @@ import networkx as nx
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from .costs import Costs, graph_costs
+from .config import ResolvedSpec
 from .errors import pointer
-from .graph import OpNode, build_graph, nodes
+from .graph import Costs, OpNode, attrs_dict, build_graph, graph_costs, nodes
 from .loader import load_spec
 from .resolve import resolve
-from .resolved import ResolvedSpec
 from .schema import Spec
 
 ABSENT = "absent"
@@ -230,12 +229,13 @@ def _node_detail(a: OpNode, b: OpNode) -> str:
     parts = []
     if a.op != b.op:
         parts.append(f"{a.op} -> {b.op}")
-    for name in ("out_shape", "in_shapes", "params", "trainable", "tied_to"):
+    for name in ("out_shape", "in_shapes", "params", "role", "tied_to"):
         old, new = getattr(a, name), getattr(b, name)
         if old != new:
             parts.append(f"{name} {_show(old)} -> {_show(new)}")
-    for key in dict.fromkeys([*a.attrs, *b.attrs]):
-        old, new = a.attrs.get(key, ABSENT), b.attrs.get(key, ABSENT)
+    attrs_a, attrs_b = attrs_dict(a.attrs), attrs_dict(b.attrs)
+    for key in dict.fromkeys([*attrs_a, *attrs_b]):
+        old, new = attrs_a.get(key, ABSENT), attrs_b.get(key, ABSENT)
         if old != new:
             parts.append(f"{key} {_show(old)} -> {_show(new)}")
     return "; ".join(parts)
@@ -264,8 +264,8 @@ def edge_changes(ga: nx.DiGraph, gb: nx.DiGraph) -> list[EdgeChange]:
     """Edges added or removed between nodes that exist in both graphs (edges of added or removed
     nodes are implied by the node changes)."""
     common = set(ga.nodes) & set(gb.nodes)
-    ea = {(u, v, d.get("kind")) for u, v, d in ga.edges(data=True) if u in common and v in common}
-    eb = {(u, v, d.get("kind")) for u, v, d in gb.edges(data=True) if u in common and v in common}
+    ea = {(u, v, str(d["kind"])) for u, v, d in ga.edges(data=True) if u in common and v in common}
+    eb = {(u, v, str(d["kind"])) for u, v, d in gb.edges(data=True) if u in common and v in common}
     groups: dict[tuple[str, str, str, str], list[tuple[str, str]]] = {}
     for change, edges in (("removed", ea - eb), ("added", eb - ea)):
         for u, v, kind in sorted(edges):
@@ -317,7 +317,7 @@ def diff_specs(path_a: str | Path, path_b: str | Path, variant_a: str | None = N
     return SpecDiff(
         a=_side(Path(path_a), ra), b=_side(Path(path_b), rb), fields=fields, resolved=resolved_changes(ra, rb, fields),
         nodes=node_changes(ga, gb), edges=edge_changes(ga, gb),
-        costs=cost_deltas(graph_costs(ga), graph_costs(gb), ra.model.seq_len, rb.model.seq_len),
+        costs=cost_deltas(graph_costs(ga, ra.model), graph_costs(gb, rb.model), ra.model.seq_len, rb.model.seq_len),
         notes=notes, graph_a=ga, graph_b=gb,
     )
 

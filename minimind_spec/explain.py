@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .errors import pointer
-from .resolved import ResolvedSpec
+from .config import ResolvedSpec
 
 TRAINING_SECTIONS = ("regularization", "optim", "techniques")
 

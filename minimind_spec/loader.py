@@ -1,5 +1,10 @@
 """Load a spec file into a validated `Spec`: the first stage of the pipeline.
 
+`load_spec(path)` = read and parse (`load_document`) -> type checks (`validate.check_types`)
+-> cross-field rules (`rules.rule_problems`), with every problem of the last two steps
+reported together. This module is the only one that reads spec files, the distillation
+teacher's included, so validation and the rules work on values alone.
+
 Accepts a `.json` file, or a design card (`.md`/`.txt`) whose first ```json fenced block is
 the spec. JSON syntax errors name line and column in the file the user opened. A trailing
 comma is tolerated with a warning (the design card's own spec has one); comments, NaN,
@@ -14,24 +19,38 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import Problem, SpecError, pointer, warning
+from .rules import TeacherFacts, rule_problems
+from .schema import Spec, SpecOrigin
+from .validate import check_types, covered, spec_with_origin
 
 CARD_SUFFIXES = {".md", ".txt", ".markdown"}
 _FENCE = re.compile(r"^```json[ \t]*\r?\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedDocument:
     """A spec document after parsing and `extends` merging, before validation."""
 
-    data: dict[str, Any]
+    data: dict[str, Any]  # the merged document
     path: Path
-    warnings: list[Problem] = field(default_factory=list)
-    chain: list[Path] = field(default_factory=list)  # this file first, then its bases
+    warnings: tuple[Problem, ...] = ()
+    chain: tuple[Path, ...] = ()  # this file first, then its bases
+    own_data: tuple[dict[str, Any], ...] = ()  # what each file of `chain` itself says (before merging)
+
+    def declared_in(self, *keys: str) -> Path:
+        """The file of the chain whose own text sets the value at `keys` (the nearest one), else `path`."""
+        for file, data in zip(self.chain, self.own_data):
+            value: Any = data
+            for key in keys:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is not None:
+                return file
+        return self.path
 
 
 class _NotJson(ValueError):
@@ -160,7 +179,7 @@ def load_document(path: str | Path, _stack: tuple[Path, ...] = ()) -> LoadedDocu
     warnings = [Problem(w.path, f"{path.name}: {w.message}", w.hint, w.severity) for w in warnings]
 
     here = path.resolve()
-    chain = [path]
+    chain, own_data = (path,), (data,)
     base_ref = data.pop("extends", None)
     if base_ref is not None:
         if not isinstance(base_ref, str) or not base_ref.strip():
@@ -171,13 +190,62 @@ def load_document(path: str | Path, _stack: tuple[Path, ...] = ()) -> LoadedDocu
             raise SpecError(Problem(pointer("extends"), f"extends cycle: {names}"), source)
         base = load_document(base_path, (*_stack, here))
         data = merge_patch(base.data, data)
-        warnings = base.warnings + warnings
-        chain += base.chain
-    return LoadedDocument(data=data, path=path, warnings=warnings, chain=chain)
+        warnings = [*base.warnings, *warnings]
+        chain, own_data = chain + base.chain, own_data + base.own_data
+    return LoadedDocument(data=data, path=path, warnings=tuple(warnings), chain=chain, own_data=own_data)
 
 
-def load_spec(path: str | Path):  # -> Spec (imported lazily to keep this module's import light)
+def load_spec(path: str | Path) -> Spec:
     """Load, merge and validate a spec file; raises SpecError listing every problem found."""
-    from .validate import validate_document
-
     return validate_document(load_document(path))
+
+
+def validate_document(document: LoadedDocument) -> Spec:
+    """Turn a loaded document into a `Spec`, or raise SpecError with every problem found.
+
+    When some fields have the wrong type, the cross-field rules still run on the document with
+    those fields set aside, so one run reports both kinds of problem; rule findings at or
+    around a field that already failed are left out (they would repeat it)."""
+    typed = check_types(document.data)
+    problems = list(typed.problems)
+    warnings: list[Problem] = []
+    teacher = None
+    if typed.stand_in is not None:
+        teacher = find_teacher(typed.stand_in, document)
+        errors, warnings = rule_problems(typed.stand_in, teacher)
+        failed = {p.path for p in problems}
+        problems += [p for p in errors if not covered(p.path, failed)]
+    if problems:
+        raise SpecError(problems, str(document.path))
+    origin = SpecOrigin(document.path, document.chain, (*document.warnings, *warnings),
+                        teacher.path if teacher is not None else None)
+    return spec_with_origin(document.data, origin)
+
+
+def find_teacher(spec: Spec, document: LoadedDocument) -> TeacherFacts | None:
+    """Find and read the distillation teacher's spec (None when distillation is off).
+
+    `teacher_spec` is a path relative to the file that sets it; without it the teacher is
+    `<teacher>.json` beside the file that configures distillation (a base spec, when an
+    ablation inherits the setting through `extends`)."""
+    distill = spec.techniques.distill
+    if not distill.enabled:
+        return None
+    if distill.teacher_spec is not None:
+        where = pointer("techniques", "distill", "teacher_spec")
+        path = document.declared_in("techniques", "distill", "teacher_spec").parent / distill.teacher_spec
+    else:
+        where = pointer("techniques", "distill", "teacher")
+        declaring = document.declared_in("techniques", "distill", "teacher")
+        if declaring == document.path:
+            declaring = document.declared_in("techniques", "distill", "enabled")
+        path = declaring.parent / f"{distill.teacher}.json"
+        if not path.is_file():
+            return TeacherFacts(None, where)
+    try:
+        teacher = check_types(load_document(path).data)
+    except SpecError as exc:
+        return TeacherFacts(path, where, problem=f"cannot be loaded: {exc.problems[0]}")
+    if teacher.spec is None:
+        return TeacherFacts(path, where, problem=f"is invalid: {teacher.problems[0]}")
+    return TeacherFacts(path, where, vocab=teacher.spec.hyperparams.vocab)

@@ -12,14 +12,11 @@ from pathlib import Path
 
 import networkx as nx
 
-from .checks import check_graph
-from .costs import Costs, graph_costs
-from .declared import check_declared
+from .config import ResolvedSpec
 from .errors import Problem, Severity, SpecError
-from .graph import build_graph
+from .graph import Costs, build_graph, check_declared, check_graph, graph_costs
 from .loader import load_spec
 from .resolve import resolve
-from .resolved import ResolvedSpec
 
 
 @dataclass(frozen=True)
@@ -38,7 +35,7 @@ def build(path: str | Path, variant: str | None = None, strict: bool = False) ->
     broken = check_graph(graph)
     if broken:
         raise SpecError(broken, str(path))
-    costs = graph_costs(graph)
+    costs = graph_costs(graph, resolved.model)
     declared = check_declared(resolved, graph, costs)
     if strict and declared:
         raise SpecError([Problem(p.path, p.message, p.hint, Severity.ERROR) for p in declared], str(path))

@@ -4,7 +4,8 @@ Provenance says where each value came from: the spec (`spec:/hyperparams/d_model
 documented default (`default`), a derivation (`derived: mlp_ratio x d_model`), or the
 variant being built (`variant: MoE`). Variants are applied here: the base build is the
 dense model; `variant="MoE"` makes every MLP a mixture of experts, and
-`variant="Flash Attention"` selects the flash-attn2 backend.
+`variant="Flash Attention"` selects the flash-attn2 backend. Defaults are read from the
+schema models, never repeated here as numbers.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from .config import AttentionBackendName, LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig
 from .errors import Problem, SpecError, pointer
-from .resolved import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig
-from .schema import Spec
-from .semantic import teacher_spec_path
+from .schema import Spec, YarnRopeScaling
 
 
 class _Recorder:
@@ -43,117 +43,131 @@ class _Recorder:
         return value
 
 
-def _resolve_rope(spec: Spec, rec: _Recorder) -> RopeConfig:
-    hp = spec.hyperparams
-    scaling = hp.rope_scaling
-    where = "spec:" + pointer("hyperparams", "rope_scaling")
-    if scaling is None or scaling.type == "none":
-        rec.set("model.rope_scaling", "none", where if scaling is not None else "default")
-        return RopeConfig("none", 1.0, hp.seq_len, 32.0, 1.0, 1.0)
-    rec.set("model.rope_scaling", scaling.type, where)
-    if scaling.type == "yarn":
-        original = scaling.original_max_position_embeddings or hp.seq_len
-        if scaling.original_max_position_embeddings is None:
-            rec.set("model.rope_scaling.original_max_position_embeddings", original, "derived: hyperparams.seq_len")
-        attention_factor = scaling.attention_factor or (0.1 * math.log(scaling.factor) + 1.0)
-        if scaling.attention_factor is None:
-            rec.set("model.rope_scaling.attention_factor", attention_factor, "derived: 0.1 ln(factor) + 1")
-        return RopeConfig("yarn", scaling.factor, original, scaling.beta_fast, scaling.beta_slow, attention_factor)
-    return RopeConfig(scaling.type, scaling.factor, hp.seq_len, 32.0, 1.0, 1.0)
+def _trick_clause(spec: Spec, trick: str) -> str:
+    """'tricks lists 'x'' or 'tricks does not list 'x'': the reason of a trick-derived value."""
+    return f"tricks {'lists' if trick in spec.tricks else 'does not list'} {trick!r}"
 
 
-def _resolve_moe(spec: Spec, mlp_hidden: int, rec: _Recorder) -> MoEConfig:
-    moe, path = spec.moe, ("moe",)
-    aux = rec.take("model.moe.aux_loss", moe, "aux_loss", path, "moe-aux-loss" in spec.tricks,
-                   "tricks lists 'moe-aux-loss'" if "moe-aux-loss" in spec.tricks else "tricks does not list 'moe-aux-loss'")
-    return MoEConfig(
-        num_experts=rec.take("model.moe.num_experts", moe, "num_experts", path),
-        top_k=rec.take("model.moe.top_k", moe, "top_k", path),
-        aux_loss=aux,
-        aux_loss_weight=rec.take("model.moe.aux_loss_weight", moe, "aux_loss_weight", path),
-        num_shared_experts=rec.take("model.moe.num_shared_experts", moe, "num_shared_experts", path),
-        norm_topk_prob=rec.take("model.moe.norm_topk_prob", moe, "norm_topk_prob", path),
-        expert_hidden=rec.take("model.moe.expert_hidden", moe, "expert_hidden", path, mlp_hidden, "MLP hidden size"),
-    )
+def _yarn_default(field: str) -> float:
+    return YarnRopeScaling.model_fields[field].default
 
 
-def _resolve_backend(spec: Spec, variant: str | None, rec: _Recorder) -> str:
-    backbone = spec.backbone
-    if variant == "Flash Attention":
-        return rec.set("model.attention_backend", "flash-attn2", "variant: Flash Attention")
-    if "attention_backend" in backbone.model_fields_set and backbone.attention_backend != "auto":
-        return rec.set("model.attention_backend", backbone.attention_backend, "spec:" + pointer("backbone", "attention_backend"))
-    if "flash-attn2" in spec.tricks:
-        return rec.set("model.attention_backend", "flash-attn2", "derived: tricks lists 'flash-attn2' (sdpa where it cannot run)")
-    return rec.set("model.attention_backend", "sdpa", "default (auto: PyTorch SDPA)")
-
-
-def resolve(spec: Spec, variant: str | None = None) -> ResolvedSpec:
-    """Make every value of `spec` concrete, building the named variant (None: `backbone.build_variant`, else the base model)."""
-    rec = _Recorder()
+def _choose_variant(spec: Spec, variant: str | None, record: _Recorder) -> str | None:
+    """The variant to build: the one asked for, else the spec's build_variant; it must be offered."""
     where = pointer("backbone", "variants")
     if variant is None and spec.backbone.build_variant is not None:
         variant, where = spec.backbone.build_variant, pointer("backbone", "build_variant")
-        rec.set("variant", variant, "spec:" + where)
+        record.set("variant", variant, "spec:" + where)
     if variant is not None and variant not in spec.backbone.variants:
         offered = ", ".join(repr(v) for v in spec.backbone.variants) or "none"
         source = str(spec.origin.path) if spec.origin is not None else None
         raise SpecError(Problem(where, f"variant {variant!r} is not offered by this spec (offered: {offered})"), source)
-    hp, hpath = spec.hyperparams, ("hyperparams",)
-    for key in ("vocab", "d_model", "n_layers", "n_heads", "seq_len", "dropout", "sd_prob"):
-        rec.take(f"model.{key}", hp, key, hpath)
-    rec.provenance["model.vocab_size"] = rec.provenance.pop("model.vocab")
-    n_kv_heads = rec.take("model.n_kv_heads", hp, "n_kv_heads", hpath, hp.n_heads, "n_heads (multi-head attention)")
-    head_dim = rec.set("model.head_dim", hp.d_model // hp.n_heads, "derived: d_model / n_heads")
-    mlp_hidden = rec.set("model.mlp_hidden", round(hp.mlp_ratio * hp.d_model), "derived: mlp_ratio x d_model")
-    rope = _resolve_rope(spec, rec)
-    max_pos = rec.take("model.max_position_embeddings", hp, "max_position_embeddings", hpath,
-                       round(hp.seq_len * rope.factor), "seq_len x RoPE scaling factor")
+    return variant
 
-    moe = None
-    if variant == "MoE":
-        moe = _resolve_moe(spec, mlp_hidden, rec)
-        rec.set("model.mlp", "moe", "variant: MoE")
-    else:
-        rec.set("model.mlp", "dense", "default (base build; --variant MoE for experts)")
 
-    lora_spec = spec.techniques.lora
-    lora = None
-    if lora_spec.enabled:
-        lpath = ("techniques", "lora")
-        lora = LoRAConfig(
-            rank=rec.take("model.lora.rank", lora_spec, "rank", lpath),
-            alpha=rec.take("model.lora.alpha", lora_spec, "alpha", lpath),
-            dropout=rec.take("model.lora.dropout", lora_spec, "dropout", lpath),
-            targets=tuple(dict.fromkeys(rec.take("model.lora.targets", lora_spec, "placements", lpath))),
-        )
+def _resolve_rope(spec: Spec, record: _Recorder) -> RopeConfig:
+    hyperparams = spec.hyperparams
+    scaling = hyperparams.rope_scaling
+    where = "spec:" + pointer("hyperparams", "rope_scaling")
+    unused_yarn = (_yarn_default("beta_fast"), _yarn_default("beta_slow"), 1.0)  # read only by YaRN
+    if scaling is None or scaling.type == "none":
+        record.set("model.rope_scaling", "none", where if scaling is not None else "default")
+        return RopeConfig("none", 1.0, hyperparams.seq_len, *unused_yarn)
+    record.set("model.rope_scaling", scaling.type, where)
+    if scaling.type != "yarn":
+        return RopeConfig(scaling.type, scaling.factor, hyperparams.seq_len, *unused_yarn)
+    original = scaling.original_max_position_embeddings or hyperparams.seq_len
+    if scaling.original_max_position_embeddings is None:
+        record.set("model.rope_scaling.original_max_position_embeddings", original, "derived: hyperparams.seq_len")
+    attention_factor = scaling.attention_factor or (0.1 * math.log(scaling.factor) + 1.0)
+    if scaling.attention_factor is None:
+        record.set("model.rope_scaling.attention_factor", attention_factor, "derived: 0.1 ln(factor) + 1")
+    return RopeConfig("yarn", scaling.factor, original, scaling.beta_fast, scaling.beta_slow, attention_factor)
 
-    backbone, bpath = spec.backbone, ("backbone",)
-    model = ModelConfig(
-        vocab_size=hp.vocab, d_model=hp.d_model, n_layers=hp.n_layers, n_heads=hp.n_heads, n_kv_heads=n_kv_heads,
-        head_dim=head_dim, mlp_hidden=mlp_hidden,
-        activation=rec.take("model.activation", backbone, "activation", bpath),
-        norm=rec.take("model.norm", backbone, "norm", bpath),
-        norm_eps=rec.take("model.norm_eps", hp, "norm_eps", hpath),
-        positional_encoding=rec.take("model.positional_encoding", backbone, "positional_encoding", bpath),
-        rope_theta=rec.take("model.rope_theta", hp, "rope_theta", hpath),
-        rope_scaling=rope, max_position_embeddings=max_pos, seq_len=hp.seq_len,
-        dropout=hp.dropout, sd_prob=hp.sd_prob,
-        tie_word_embeddings=rec.take("model.tie_word_embeddings", hp, "tie_word_embeddings", hpath),
-        attention_backend=_resolve_backend(spec, variant, rec),  # type: ignore[arg-type]
-        moe=moe, lora=lora,
-        label_smoothing=rec.take("model.label_smoothing", spec.regularization, "label_smoothing", ("regularization",)),
-        dtype=rec.take("model.dtype", hp, "dtype", hpath),
-        static_kv_cache=rec.set("model.static_kv_cache", "kv-cache-pinning" in spec.tricks,
-                                "derived: tricks " + ("lists" if "kv-cache-pinning" in spec.tricks else "does not list") + " 'kv-cache-pinning'"),
+
+def _resolve_moe(spec: Spec, variant: str | None, mlp_hidden: int, record: _Recorder) -> MoEConfig | None:
+    if variant != "MoE":
+        record.set("model.mlp", "dense", "default (base build; --variant MoE for experts)")
+        return None
+    record.set("model.mlp", "moe", "variant: MoE")
+    moe, path = spec.moe, ("moe",)
+    return MoEConfig(
+        num_experts=record.take("model.moe.num_experts", moe, "num_experts", path),
+        top_k=record.take("model.moe.top_k", moe, "top_k", path),
+        aux_loss=record.take("model.moe.aux_loss", moe, "aux_loss", path, "moe-aux-loss" in spec.tricks,
+                             _trick_clause(spec, "moe-aux-loss")),
+        aux_loss_weight=record.take("model.moe.aux_loss_weight", moe, "aux_loss_weight", path),
+        num_shared_experts=record.take("model.moe.num_shared_experts", moe, "num_shared_experts", path),
+        norm_topk_prob=record.take("model.moe.norm_topk_prob", moe, "norm_topk_prob", path),
+        expert_hidden=record.take("model.moe.expert_hidden", moe, "expert_hidden", path, mlp_hidden, "MLP hidden size"),
     )
 
+
+def _resolve_lora(spec: Spec, record: _Recorder) -> LoRAConfig | None:
+    lora, path = spec.techniques.lora, ("techniques", "lora")
+    if not lora.enabled:
+        return None
+    return LoRAConfig(
+        rank=record.take("model.lora.rank", lora, "rank", path),
+        alpha=record.take("model.lora.alpha", lora, "alpha", path),
+        dropout=record.take("model.lora.dropout", lora, "dropout", path),
+        targets=tuple(dict.fromkeys(record.take("model.lora.targets", lora, "placements", path))),
+    )
+
+
+def _resolve_backend(spec: Spec, variant: str | None, record: _Recorder) -> AttentionBackendName:
+    backbone = spec.backbone
+    if variant == "Flash Attention":
+        return record.set("model.attention_backend", "flash-attn2", "variant: Flash Attention")
+    if "attention_backend" in backbone.model_fields_set and backbone.attention_backend != "auto":
+        return record.set("model.attention_backend", backbone.attention_backend, "spec:" + pointer("backbone", "attention_backend"))
+    if "flash-attn2" in spec.tricks:
+        return record.set("model.attention_backend", "flash-attn2", "derived: tricks lists 'flash-attn2' (sdpa where it cannot run)")
+    return record.set("model.attention_backend", "sdpa", "default (auto: PyTorch SDPA)")
+
+
+def _resolve_model(spec: Spec, variant: str | None, record: _Recorder) -> ModelConfig:
+    hyperparams, hpath = spec.hyperparams, ("hyperparams",)
+    backbone, bpath = spec.backbone, ("backbone",)
+    for key in ("vocab", "d_model", "n_layers", "n_heads", "seq_len", "dropout", "sd_prob"):
+        record.take(f"model.{key}", hyperparams, key, hpath)
+    record.provenance["model.vocab_size"] = record.provenance.pop("model.vocab")
+    n_kv_heads = record.take("model.n_kv_heads", hyperparams, "n_kv_heads", hpath, hyperparams.n_heads,
+                             "n_heads (multi-head attention)")
+    head_dim = record.set("model.head_dim", hyperparams.d_model // hyperparams.n_heads, "derived: d_model / n_heads")
+    mlp_hidden = record.set("model.mlp_hidden", round(hyperparams.mlp_ratio * hyperparams.d_model), "derived: mlp_ratio x d_model")
+    rope = _resolve_rope(spec, record)
+    max_positions = record.take("model.max_position_embeddings", hyperparams, "max_position_embeddings", hpath,
+                                round(hyperparams.seq_len * rope.factor), "seq_len x RoPE scaling factor")
+    return ModelConfig(
+        vocab_size=hyperparams.vocab, d_model=hyperparams.d_model, n_layers=hyperparams.n_layers, n_heads=hyperparams.n_heads,
+        n_kv_heads=n_kv_heads, head_dim=head_dim, mlp_hidden=mlp_hidden,
+        activation=record.take("model.activation", backbone, "activation", bpath),
+        norm=record.take("model.norm", backbone, "norm", bpath),
+        norm_eps=record.take("model.norm_eps", hyperparams, "norm_eps", hpath),
+        positional_encoding=record.take("model.positional_encoding", backbone, "positional_encoding", bpath),
+        rope_theta=record.take("model.rope_theta", hyperparams, "rope_theta", hpath),
+        rope_scaling=rope, max_position_embeddings=max_positions, seq_len=hyperparams.seq_len,
+        dropout=hyperparams.dropout, sd_prob=hyperparams.sd_prob,
+        tie_word_embeddings=record.take("model.tie_word_embeddings", hyperparams, "tie_word_embeddings", hpath),
+        attention_backend=_resolve_backend(spec, variant, record),
+        moe=_resolve_moe(spec, variant, mlp_hidden, record),
+        lora=_resolve_lora(spec, record),
+        dtype=record.take("model.dtype", hyperparams, "dtype", hpath),
+    )
+
+
+def resolve(spec: Spec, variant: str | None = None) -> ResolvedSpec:
+    """Make every value of `spec` concrete, building the named variant (None: `backbone.build_variant`, else the base model)."""
+    record = _Recorder()
+    variant = _choose_variant(spec, variant, record)
+    model = _resolve_model(spec, variant, record)
     distill = spec.techniques.distill
-    masking = rec.take("training.reasoning_token_masking", distill, "reasoning_token_masking", ("techniques", "distill"),
-                       "reasoning-token-masking" in spec.tricks, "tricks " + ("lists" if "reasoning-token-masking" in spec.tricks else "does not list") + " 'reasoning-token-masking'")
-    teacher_path, _ = teacher_spec_path(spec) if distill.enabled else (None, False)
-    warnings = tuple(spec.origin.warnings) if spec.origin is not None else ()
+    masking = record.take("training.reasoning_token_masking", distill, "reasoning_token_masking", ("techniques", "distill"),
+                          "reasoning-token-masking" in spec.tricks, _trick_clause(spec, "reasoning-token-masking"))
+    origin = spec.origin
     return ResolvedSpec(
         name=spec.model_name, variant=variant, model=model, spec=spec, reasoning_token_masking=masking,
-        teacher_spec=teacher_path, provenance=rec.provenance, warnings=warnings,
+        teacher_spec=origin.teacher_spec if origin is not None else None, provenance=record.provenance,
+        warnings=origin.warnings if origin is not None else (),
     )

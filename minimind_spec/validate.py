@@ -1,28 +1,29 @@
-"""Validate a loaded document: JSON Schema, then pydantic, then semantic checks.
+"""Type-check a spec document: JSON Schema and pydantic, every problem located by JSON Pointer.
 
-Everything wrong is collected and raised together as one `SpecError`, each problem with its
-JSON Pointer and, for misspelled keys and closed choices, a "did you mean". The JSON Schema
-is the one pydantic generates (and `minimind-spec schema` writes), so an editor using the
-schema and this command flag the same places.
+The second step of loading (`loader.load_spec` runs parse -> this -> the cross-field rules in
+`rules.py`). Everything wrong is collected, each problem with its JSON Pointer and, for
+misspelled keys and closed choices, a "did you mean". The JSON Schema is the one pydantic
+generates (and `minimind-spec schema` writes), so an editor using the schema and this module
+flag the same places. When fields are broken, `TypeCheck.stand_in` is the spec with those
+fields set aside, so the cross-field rules can still run in the same pass.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import types
 import typing
+from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
 from pydantic import BaseModel, ValidationError
 
-from .errors import Problem, SpecError, pointer
-from .loader import LoadedDocument
-from .schema import Spec
+from .errors import Problem, pointer
+from .schema import Spec, SpecOrigin
+from .suggest import closest, did_you_mean
 
 
 @lru_cache(maxsize=1)
@@ -108,15 +109,6 @@ def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, type[BaseModel] | None]:
     return pointer(*parts), annotation, parent
 
 
-def _closest(word: str, options: list[str]) -> str | None:
-    matches = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    if not matches:
-        lowered = {o.lower(): o for o in options}
-        matches = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-        matches = [lowered[m] for m in matches]
-    return matches[0] if matches else None
-
-
 def _short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -129,13 +121,12 @@ def _problem_from_pydantic(error: dict[str, Any]) -> Problem:
     if kind == "extra_forbidden":
         key = str(error["loc"][-1])
         options = [info.alias or name for name, info in parent.model_fields.items()] if parent else []
-        guess = _closest(key, options)
-        return Problem(path, f"unknown key {key!r}", f"did you mean {guess!r}?" if guess else f"allowed keys: {', '.join(options)}")
+        return Problem(path, f"unknown key {key!r}", did_you_mean(key, options, f"allowed keys: {', '.join(options)}"))
     if kind == "missing":
         return Problem(path, f"missing required key {path.rsplit('/', 1)[-1]!r}")
     if kind == "literal_error":
         options = [str(o) for o in typing.get_args(_unwrap(annotation))] if typing.get_origin(_unwrap(annotation)) is Literal else []
-        guess = _closest(str(value), options) if isinstance(value, str) else None
+        guess = closest(value, options) if isinstance(value, str) else None
         hint = f"did you mean {guess!r}?" if guess else (f"one of: {', '.join(map(repr, options))}" if options else None)
         return Problem(path, f"{_short(value)} is not allowed", hint)
     if kind == "none_required":
@@ -153,32 +144,28 @@ def model_problems(data: dict[str, Any]) -> tuple[Spec | None, list[Problem]]:
         return None, [_problem_from_pydantic(e) for e in exc.errors(include_url=False)]
 
 
-def validate_document(document: LoadedDocument) -> Spec:
-    """Turn a loaded document into a `Spec`, or raise SpecError with every problem found.
+@dataclass(frozen=True)
+class TypeCheck:
+    """The outcome of type-checking one document."""
 
-    When some fields have the wrong type, the cross-field rules still run on the document with
-    those fields dropped (back to their defaults), so one run reports both kinds of problem;
-    rule findings at or around a field that already failed are left out.
-    """
-    from .semantic import semantic_problems
+    spec: Spec | None  # the validated spec, None when any problem was found
+    problems: tuple[Problem, ...]  # schema and pydantic problems, each once
+    stand_in: Spec | None  # `spec`, or the document with its broken fields set aside (None if even that fails)
 
-    source = str(document.path)
-    spec, problems = model_problems(document.data)
+
+def check_types(data: dict[str, Any]) -> TypeCheck:
+    """Validate with pydantic and the JSON Schema; never raises for a bad document."""
+    spec, problems = model_problems(data)
     seen = {p.path for p in problems}
-    problems += [p for p in schema_problems(document.data) if not _covered(p.path, seen)]
-    if spec is None or problems:
-        salvaged = _without_bad_fields(document.data)
-        if salvaged is not None:
-            salvaged._origin = SpecOrigin(document.path, tuple(document.chain), ())
-            failed = {p.path for p in problems}
-            problems += [p for p in semantic_problems(salvaged)[0] if not _covered(p.path, failed)]
-        raise SpecError(problems, source)
-    spec._origin = SpecOrigin(document.path, tuple(document.chain), tuple(document.warnings))
-    errors, warnings = semantic_problems(spec)
-    if errors:
-        raise SpecError(errors, source)
-    spec._origin = SpecOrigin(document.path, tuple(document.chain), tuple(document.warnings) + tuple(warnings))
-    return spec
+    problems += [p for p in schema_problems(data) if not covered(p.path, seen)]
+    if spec is not None and not problems:
+        return TypeCheck(spec, (), spec)
+    return TypeCheck(None, tuple(problems), _without_bad_fields(data))
+
+
+def spec_with_origin(data: dict[str, Any], origin: SpecOrigin) -> Spec:
+    """Build the final `Spec` of a document that passed every check, with its origin attached."""
+    return Spec.model_validate_json(json.dumps(data), strict=True, context={"origin": origin})
 
 
 def _without_bad_fields(data: dict[str, Any]) -> Spec | None:
@@ -208,14 +195,6 @@ def _without_bad_fields(data: dict[str, Any]) -> Spec | None:
     return spec if not problems else None
 
 
-def _covered(path: str, seen: set[str]) -> bool:
-    """Whether pydantic already reported a problem at or below this JSON Pointer."""
+def covered(path: str, seen: set[str]) -> bool:
+    """Whether a problem was already reported at, above or below this JSON Pointer."""
     return any(s == path or s.startswith(path + "/") or path.startswith(s + "/") for s in seen)
-
-
-class SpecOrigin(typing.NamedTuple):
-    """Where a validated spec came from, and the warnings loading and checking it raised."""
-
-    path: Path
-    chain: tuple[Path, ...]
-    warnings: tuple[Problem, ...]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from minimind_spec.cli import app
 from minimind_spec.diff import SpecDiff, diff_specs
 from minimind_spec.graph import build_graph
-from minimind_spec.costs import graph_costs
+from minimind_spec.graph import graph_costs
 from minimind_spec.loader import load_spec
 from minimind_spec.resolve import resolve
 
@@ -139,10 +139,10 @@ def test_every_ablation_diff_exits_1_and_states_its_effect(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_every_ablation_compiles_with_the_graphs_parameter_count(name: str) -> None:
     pytest.importorskip("torch")
-    from minimind_spec.compile import compile_model
+    from minimind_spec.engine import compile_model
 
     resolved = resolve(load_spec(ABLATIONS / f"{name}.json"))
-    costs = graph_costs(build_graph(resolved))
+    costs = graph_costs(build_graph(resolved), resolved.model)
     model = compile_model(resolved, device="meta")
     params = list(model.parameters())
     assert sum(p.numel() for p in params) == costs.total_params

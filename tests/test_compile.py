@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from minimind_spec import build_graph, compile_model, load_spec, resolve
-from minimind_spec.export import load_model_files, write_model_files
+from minimind_spec.engine import load_model_files, write_model_files
+from minimind_spec.graph import default_trainable_roles
 from minimind_spec.graph import nodes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,8 @@ def test_graph_nodes_with_parameters_are_the_modules_with_parameters(tmp_path, d
         op = by_id.get(name)
         if op is not None and op.params:
             assert sum(p.numel() for p in module.parameters(recurse=False)) == op.params, name
-            assert all(p.requires_grad == op.trainable for p in module.parameters(recurse=False)), name
+            trains = op.role in default_trainable_roles(graph)
+            assert all(p.requires_grad == trains for p in module.parameters(recurse=False)), name
     total = sum(op.params for op in nodes(graph))
     assert sum(p.numel() for p in model.parameters()) == total
 

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minimind_spec import SpecError, build_graph, resolve
-from minimind_spec.checks import check_graph
-from minimind_spec.declared import check_declared
+from minimind_spec.graph import check_graph
+from minimind_spec.graph import check_declared
 from minimind_spec.loader import LoadedDocument
-from minimind_spec.validate import validate_document
+from minimind_spec.loader import validate_document
 
 from .conftest import SPEC, card_data
 

@@ -6,9 +6,8 @@ import networkx as nx
 import pytest
 
 from minimind_spec import build_graph, load_spec, resolve
-from minimind_spec.checks import check_graph
-from minimind_spec.costs import graph_costs
-from minimind_spec.graph import OpNode, OpType, node, nodes
+from minimind_spec.graph import EdgeKind, OpNode, OpType, check_graph, graph_costs, node, nodes
+from minimind_spec.graph.ir import LinearAttrs
 
 from .conftest import SPEC
 
@@ -19,13 +18,23 @@ def graph_of(path, variant=None):
     return build_graph(resolve(load_spec(path), variant))
 
 
+def costs_of(path, variant=None):
+    resolved = resolve(load_spec(path), variant)
+    return graph_costs(build_graph(resolved), resolved.model)
+
+
 @pytest.fixture(scope="module")
 def card_graph():
     return graph_of(SPEC)
 
 
-def test_card_parameters_by_hand(card_graph):
-    costs = graph_costs(card_graph)
+@pytest.fixture(scope="module")
+def card_costs():
+    return costs_of(SPEC)
+
+
+def test_card_parameters_by_hand(card_costs):
+    costs = card_costs
     per_layer = 4 * D * D + 3 * D * H + 2 * D  # attention + SwiGLU + two RMSNorms
     base = V * D + L * per_layer + D  # tied lm_head adds nothing
     lora = L * (4 * 8 * (D + D) + 2 * 8 * (D + H) + 8 * (H + D))
@@ -34,18 +43,18 @@ def test_card_parameters_by_hand(card_graph):
     assert costs.trainable_params == lora and costs.frozen_params == base
 
 
-def test_card_flops_by_hand(card_graph):
+def test_card_flops_by_hand(card_costs):
     T = 1024
     linear = 2 * (4 * D * D + 3 * D * H)
     attention = 4 * T * D
     norms_adds_act = 2 * 4 * D + 2 * D + 5 * H
     lora = 2 * (4 * 8 * (D + D) + 2 * 8 * (D + H) + 8 * (H + D))
     expected = L * (linear + attention + norms_adds_act + lora) + 4 * D + 2 * D * V
-    assert graph_costs(card_graph).flops_per_token == expected
+    assert card_costs.flops_per_token == expected
 
 
-def test_kv_cache_bytes_by_hand(card_graph):
-    assert graph_costs(card_graph).kv_cache_bytes_per_token == 2 * L * 8 * 64 * 2  # k and v, bf16
+def test_kv_cache_bytes_by_hand(card_costs):
+    assert card_costs.kv_cache_bytes_per_token == 2 * L * 8 * 64 * 2  # k and v, bf16
 
 
 def test_one_node_per_op_with_hf_names(card_graph):
@@ -69,9 +78,9 @@ def test_lora_adapters_attach_to_their_projections(card_graph):
     adapters = [n for n in nodes(card_graph) if n.op == OpType.LORA]
     assert len(adapters) == 7 * L
     for adapter in adapters:
-        target = adapter.attrs["target"]
+        target = adapter.attrs.target
         assert adapter.id == f"{target}.lora"
-        assert card_graph.edges[adapter.id, target]["kind"] == "adapter"
+        assert card_graph.edges[adapter.id, target]["kind"] == EdgeKind.ADAPTER
 
 
 def test_invariants_hold_for_every_shipped_variant():
@@ -92,23 +101,25 @@ def test_moe_graph_by_hand():
     assert set(graph.predecessors("aux_loss")) == {f"model.layers.{i}.mlp.gate" for i in range(L)}
     expert = 3 * D * H
     per_layer = 4 * D * D + 8 * D + 8 * expert + 2 * D
-    assert graph_costs(graph).total_params - graph_costs(graph).lora_params == V * D + L * per_layer + D
+    costs = costs_of(SPEC, "MoE")
+    assert costs.total_params - costs.lora_params == V * D + L * per_layer + D
     # expected FLOPs of one expert projection: top_k / num_experts of its dense cost
     assert node(graph, "model.layers.0.mlp.experts.0.up_proj").flops == 2 * D * H * 2 // 8
 
 
 def test_gqa_untied_layernorm_absolute(write_spec):
-    graph = graph_of(write_spec(
+    path = write_spec(
         backbone={"positional_encoding": "Absolute", "norm": "LayerNorm"},
         hyperparams={"n_kv_heads": 2, "tie_word_embeddings": False},
-    ))
+    )
+    graph = graph_of(path)
     d, hd, vocab, seq, hidden = 64, 16, 128, 32, 192
     assert node(graph, "model.layers.0.self_attn.k_proj").params == d * 2 * hd
     assert node(graph, "lm_head").params == vocab * d and node(graph, "lm_head").tied_to is None
     assert node(graph, "model.layers.0.input_layernorm").op == OpType.LAYERNORM
     assert "model.rotary_emb" not in graph
     expected = vocab * d + seq * d + 2 * (2 * d * d + 2 * d * 2 * hd + 3 * d * hidden + 2 * 2 * d) + 2 * d + vocab * d
-    assert graph_costs(graph).total_params == expected
+    assert costs_of(path).total_params == expected
     assert check_graph(graph) == []
 
 
@@ -120,7 +131,7 @@ def test_node_count_grows_linearly_with_layers(write_spec):
 
 def test_check_graph_catches_a_cycle_and_a_shape_mismatch(card_graph):
     broken = card_graph.copy()
-    broken.add_edge("model.norm", "model.embed_tokens", shape="(B, T, 512)", kind="data")
+    broken.add_edge("model.norm", "model.embed_tokens", shape="(B, T, 512)", kind=EdgeKind.DATA)
     assert any("cycle" in p.message for p in check_graph(broken))
     bad = card_graph.copy()
     old = node(bad, "model.layers.0.self_attn.o_proj")
@@ -133,6 +144,7 @@ def test_check_graph_catches_a_cycle_and_a_shape_mismatch(card_graph):
 
 def test_check_graph_catches_a_second_output(card_graph):
     bad = card_graph.copy()
-    bad.add_node("stray", node=OpNode(id="stray", op=OpType.LINEAR, out_shape="(B, T, 512)", in_shapes=("(B, T, 512)",)))
-    bad.add_edge("model.norm", "stray", shape="(B, T, 512)", kind="data")
+    bad.add_node("stray", node=OpNode(id="stray", op=OpType.LINEAR, out_shape="(B, T, 512)", in_shapes=("(B, T, 512)",),
+                                      attrs=LinearAttrs(512, 512, "q_proj")))
+    bad.add_edge("model.norm", "stray", shape="(B, T, 512)", kind=EdgeKind.DATA)
     assert any("exactly one output" in p.message for p in check_graph(bad))

@@ -39,7 +39,6 @@ def test_defaults_are_marked_default(card):
 def test_tricks_drive_derived_switches(card):
     assert card.model.attention_backend == "flash-attn2"
     assert "flash-attn2" in card.provenance["model.attention_backend"]
-    assert card.model.static_kv_cache is True
     assert card.reasoning_token_masking is True
 
 

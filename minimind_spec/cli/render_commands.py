@@ -13,13 +13,9 @@ from ..loader import load_spec
 from ..render import render
 from ..resolve import resolve
 from .app import app, console, err_console, guarded, print_json, spec_errors
+from .options import SpecPath, Variant
 
 MERMAID_MAX_EDGES = 500  # mermaid's default `maxEdges`; GitHub renders with the defaults
-
-SpecPath = Annotated[Path, typer.Argument(help="Spec file (.json, or a design card .md/.txt with a ```json block).", show_default=False)]
-Variant = Annotated[str | None, typer.Option(
-    "--variant", help="Variant to build, e.g. MoE or 'Flash Attention' (default: the spec's build_variant, else the base model).",
-    show_default=False)]
 
 
 @app.command("render")

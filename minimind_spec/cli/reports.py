@@ -93,7 +93,7 @@ def write_build_outputs(result: BuildResult, out: Path, device: str, seed: int) 
     graph_path.write_text(json.dumps(graph_to_json(result.graph), indent=2, default=str) + "\n", encoding="utf-8")
     written += [resolved_path, graph_path]
     try:
-        from ..export import write_model_files
+        from ..engine import write_model_files
     except ImportError as exc:  # the PyTorch back end is optional for the front end
         err_console.print(f"[yellow]weights not written: {exc}[/yellow]")
         return written

@@ -12,10 +12,8 @@ from rich.table import Table
 
 from ..errors import SpecError
 from .app import app, console, guarded, print_json, print_problems
+from .options import AsJson, SpecPath, Variant
 
-SpecPath = Annotated[Path, typer.Argument(help="Spec file: a .json spec, or a design card (.md/.txt) with a ```json block.", show_default=False)]
-Variant = Annotated[str | None, typer.Option("--variant", "-v", help="Build a variant the spec offers in backbone.variants, e.g. 'MoE'.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON report instead of tables.")]
 DEFAULT_SCHEMA_PATH = Path("spec/minimind.schema.json")
 
 

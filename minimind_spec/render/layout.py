@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from ..graph import OpNode, OpType, node, nodes
+from ..graph import EdgeKind, OpNode, OpType, ParamRole, default_trainable_roles, node, nodes
+from ..graph.ir import (
+    AttentionAttrs, AuxLossAttrs, EmbeddingAttrs, GLUAttrs, LinearAttrs, LMHeadAttrs, LoRAAttrs, MoECombineAttrs, NormAttrs,
+    RopeAttrs, RouterAttrs, attrs_dict,
+)
 
 _EXPERT = re.compile(r"\.(experts|shared_experts)\.(\d+)\.")
 
@@ -48,7 +52,7 @@ class Block:
 class DrawEdge:
     src: str
     dst: str
-    kind: str  # data | residual | adapter | routing | aux
+    kind: EdgeKind
     label: str = ""
 
 
@@ -85,46 +89,46 @@ def _number(x: float) -> str:
 
 def describe(op: OpNode) -> str:
     """The middle line of a node's label: what the op computes."""
-    a = op.attrs
+    match op.attrs:
+        case EmbeddingAttrs(num_embeddings=n, dim=dim):
+            kind = "Embedding" if op.op == OpType.EMBEDDING else "absolute positions"
+            return f"{kind} {n} × {dim}"
+        case RopeAttrs() as rope:
+            scaling = "" if rope.scaling == "none" else f", {rope.scaling} ×{_number(rope.factor)}"
+            return f"RoPE θ={_number(rope.theta)}, head_dim {rope.head_dim}{scaling}"
+        case NormAttrs(eps=eps):
+            return f"{'RMSNorm' if op.op == OpType.RMSNORM else 'LayerNorm'} eps={_number(eps)}"
+        case LinearAttrs(in_features=n_in, out_features=n_out):
+            return f"Linear {n_in} → {n_out}"
+        case AttentionAttrs() as attn:
+            kv = "" if attn.n_kv_heads == attn.n_heads else f", {attn.n_kv_heads} kv heads"
+            return f"causal attention, {attn.n_heads} heads × {attn.head_dim}{kv}, {attn.backend}"
+        case GLUAttrs(activation=activation):
+            return f"{activation}(gate) × up"
+        case RouterAttrs() as router:
+            aux = ", aux loss" if router.aux_loss else ", no aux loss"
+            return f"router: top-{router.top_k} of {router.num_experts} experts{aux}"
+        case MoECombineAttrs() as combine:
+            shared = f" + {combine.num_shared_experts} shared" if combine.num_shared_experts else ""
+            return f"gate-weighted sum of top-{combine.top_k} experts{shared}"
+        case AuxLossAttrs(weight=weight, layers=layers):
+            return f"load-balancing loss, weight {_number(weight)}, {layers} layers"
+        case LMHeadAttrs() as head:
+            tied = " (tied to embed_tokens)" if head.tied else ""
+            return f"Linear {head.in_features} → {head.out_features}{tied}"
+        case LoRAAttrs() as lora:
+            return f"LoRA r={lora.rank} α={_number(lora.alpha)}"
     match op.op:
         case OpType.INPUT:
-            return f"token ids, {a.get('dtype', 'int64')}"
-        case OpType.EMBEDDING:
-            return f"Embedding {a['num_embeddings']} × {a['dim']}"
-        case OpType.POSITION_EMBEDDING:
-            return f"absolute positions {a['num_embeddings']} × {a['dim']}"
-        case OpType.ROPE:
-            scaling = "" if a["scaling"] == "none" else f", {a['scaling']} ×{_number(a['factor'])}"
-            return f"RoPE θ={_number(a['theta'])}, head_dim {a['head_dim']}{scaling}"
-        case OpType.RMSNORM | OpType.LAYERNORM:
-            name = "RMSNorm" if op.op == OpType.RMSNORM else "LayerNorm"
-            return f"{name} eps={_number(a['eps'])}"
-        case OpType.LINEAR:
-            return f"Linear {a['in_features']} → {a['out_features']}"
-        case OpType.ATTENTION:
-            kv = "" if a["n_kv_heads"] == a["n_heads"] else f", {a['n_kv_heads']} kv heads"
-            return f"causal attention, {a['n_heads']} heads × {a['head_dim']}{kv}, {a['backend']}"
+            return f"token ids, {op.attrs.dtype}"  # type: ignore[union-attr]
         case OpType.ADD:
-            return "+ " + str(a.get("merge_point", "add"))
-        case OpType.GLU:
-            return f"{a['activation']}(gate) × up"
-        case OpType.ROUTER:
-            aux = ", aux loss" if a["aux_loss"] else ", no aux loss"
-            return f"router: top-{a['top_k']} of {a['num_experts']} experts{aux}"
-        case OpType.MOE_COMBINE:
-            shared = f" + {a['num_shared_experts']} shared" if a["num_shared_experts"] else ""
-            return f"gate-weighted sum of top-{a['top_k']} experts{shared}"
-        case OpType.AUX_LOSS:
-            return f"load-balancing loss, weight {_number(a['weight'])}, {a['layers']} layers"
-        case OpType.LM_HEAD:
-            tied = " (tied to embed_tokens)" if a["tied"] else ""
-            return f"Linear {a['in_features']} → {a['out_features']}{tied}"
-        case OpType.LORA:
-            return f"LoRA r={a['rank']} α={_number(a['alpha'])}"
+            return "+ " + str(op.attrs.merge_point)  # type: ignore[union-attr]
         case OpType.OUTPUT:
             return "logits" + (" + aux loss" if len(op.in_shapes) > 1 else "")
     return str(op.op)
 
+
+_EDGE_LABELS = {EdgeKind.RESIDUAL: "residual", EdgeKind.ROUTING: "routing weights", EdgeKind.AUX: "aux"}
 
 _SHAPES = {
     OpType.INPUT: "stadium", OpType.OUTPUT: "stadium", OpType.AUX_LOSS: "stadium",
@@ -139,7 +143,7 @@ _CLASSES = {
 }
 
 
-def _label(op: OpNode, name: str, lora_base: bool) -> list[str]:
+def _label(op: OpNode, name: str, frozen: bool) -> list[str]:
     """Label lines: name, what it computes, output shape, parameters."""
     if op.op == OpType.LORA:
         return [describe(op), f"{count(op.params)} params, trainable"]
@@ -147,7 +151,7 @@ def _label(op: OpNode, name: str, lora_base: bool) -> list[str]:
         return [f"⊕ {name}", op.out_shape]
     lines = [name, describe(op), op.out_shape if op.out_shape != "()" else "scalar"]
     if op.params:
-        lines.append(f"{count(op.params)} params" + (", frozen" if lora_base and not op.trainable else ""))
+        lines.append(f"{count(op.params)} params" + (", frozen" if frozen else ""))
     return lines
 
 
@@ -170,12 +174,12 @@ def _signature(graph: nx.DiGraph, ids: list[str], prefix: str) -> tuple:
     parts = []
     for node_id in ids:
         op = node(graph, node_id)
-        parts.append((node_id.replace(prefix, "*"), str(op.op), op.out_shape, op.in_shapes, op.params, op.trainable,
-                      op.tied_to, _strip(op.attrs, prefix, "*")))
+        parts.append((node_id.replace(prefix, "*"), str(op.op), op.out_shape, op.in_shapes, op.params, op.role,
+                      op.tied_to, _strip(attrs_dict(op.attrs), prefix, "*")))
     for node_id in ids:
         for _, dst, data in graph.out_edges(node_id, data=True):
             if dst in members:
-                parts.append((node_id.replace(prefix, "*"), dst.replace(prefix, "*"), data.get("kind")))
+                parts.append((node_id.replace(prefix, "*"), dst.replace(prefix, "*"), data["kind"]))
     return tuple(parts)
 
 
@@ -278,8 +282,8 @@ def _plan_experts(graph: nx.DiGraph, plan: _Plan, layer_ids: list[str], layer_bl
 def layout(graph: nx.DiGraph, expand: bool = False) -> Drawing:
     """The `Drawing` of a module graph, collapsed (default) or with every node (`expand`)."""
     plan = _plan(graph, expand)
-    resolved = graph.graph.get("resolved")
-    lora_base = bool(resolved is not None and resolved.model.lora is not None)
+    trainable = default_trainable_roles(graph)
+    lora_base = ParamRole.LORA in trainable  # only then are base weights marked frozen
     members: dict[str, list[str]] = {}
     for node_id, drawn in plan.rep.items():
         members.setdefault(drawn, []).append(node_id)
@@ -294,9 +298,10 @@ def layout(graph: nx.DiGraph, expand: bool = False) -> Drawing:
         name = plan.short.get(op.id, op.id)
         if op.op == OpType.INPUT:
             name = f"{title}: {op.id}"
-        draw = DrawNode(op.id, _label(op, name, lora_base), _SHAPES.get(op.op, "box"),
+        frozen = lora_base and op.params > 0 and op.role not in trainable
+        draw = DrawNode(op.id, _label(op, name, frozen), _SHAPES.get(op.op, "box"),
                         [c for c in [_CLASSES.get(op.op)] if c], members[op.id])
-        if lora_base and op.params and not op.trainable:
+        if frozen:
             draw.classes.append("frozen")
         (plan.blocks[block_key] if block_key else root).nodes.append(draw)
 
@@ -311,10 +316,9 @@ def layout(graph: nx.DiGraph, expand: bool = False) -> Drawing:
         if (not expand and a.layer is not None and b.layer is not None and a.layer != b.layer
                 and plan.layer_run[a.layer] == plan.layer_run[b.layer]):
             continue  # wiring from one collapsed layer into the next: the block's "xN" says it
-        rs, rd, kind = plan.rep[src], plan.rep[dst], data.get("kind", "data")
+        rs, rd, kind = plan.rep[src], plan.rep[dst], data["kind"]
         if rs == rd or (rs, rd, kind) in seen:
             continue
         seen.add((rs, rd, kind))
-        label = {"residual": "residual", "routing": "routing weights", "aux": "aux"}.get(kind, "")
-        edges.append(DrawEdge(rs, rd, kind, label))
+        edges.append(DrawEdge(rs, rd, kind, _EDGE_LABELS.get(kind, "")))
     return Drawing(title=title, root=root, edges=edges, expanded=expand)

@@ -13,6 +13,9 @@ from pydantic import Field
 
 from .base import NonEmptyStr, NonNegativeInt, PositiveFloat, PositiveInt, Probability, SpecModel
 
+MAX_POSITIONS = 16_777_216  # longest context a spec may ask for (2^24 positions)
+MAX_VOCAB = 16_777_216  # largest vocabulary (2^24)
+
 Variant = Literal["MoE", "Flash Attention"]
 AttentionBackend = Literal["auto", "flash-attn2", "sdpa", "eager"]
 
@@ -113,12 +116,12 @@ class Hyperparams(SpecModel):
     stride: None = Field(default=None, description="Convolution stride; applies to convolutional backbones only, must be null here.")
     patch: None = Field(default=None, description="Patch size; applies to vision backbones only, must be null here.")
     seq_len: Annotated[int, Field(gt=0, le=1_048_576)] = Field(description="Training context length in tokens (at most 2^20).")
-    vocab: Annotated[int, Field(gt=0, le=16_777_216)] = Field(description="Vocabulary size (at most 2^24).")
+    vocab: Annotated[int, Field(gt=0, le=MAX_VOCAB)] = Field(description="Vocabulary size (at most 2^24).")
     rope_theta: PositiveFloat = Field(default=1_000_000.0, description="RoPE base frequency. Default 1e6, as MiniMind uses.")
     rope_scaling: RopeScaling | None = Field(default=None, description="RoPE context scaling: null/none, linear, ntk or yarn.")
     norm_eps: PositiveFloat = Field(default=1e-5, description="Epsilon of every norm. Default 1e-5, as MiniMind uses.")
     tie_word_embeddings: bool = Field(default=True, description="Share the lm_head weight with the token embedding. Default true, as MiniMind does.")
-    max_position_embeddings: Annotated[int, Field(gt=0, le=16_777_216)] | None = Field(
+    max_position_embeddings: Annotated[int, Field(gt=0, le=MAX_POSITIONS)] | None = Field(
         default=None, description="Longest sequence the model accepts (at most 2^24). Default seq_len times the RoPE scaling factor."
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(

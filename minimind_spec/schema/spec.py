@@ -8,12 +8,14 @@ from pydantic import Field, PrivateAttr
 
 from .architecture import IO, Backbone, DeclaredModule, Hyperparams, MoE
 from .base import NonEmptyStr, NonNegativeInt, SpecModel
+from .origin import SpecOrigin
 from .training import Optim, Regularization, Techniques
 
 Trick = Literal["flash-attn2", "rope-scaling", "moe-aux-loss", "reasoning-token-masking", "kv-cache-pinning"]
 MergePointName = Literal[
     "embedding_output", "attention_input", "attention_output", "mlp_input", "moe_experts", "mlp_output", "layer_output"
 ]
+MergeOp = Literal["add", "gate", "concat", "mul"]
 
 
 class TotalParams(SpecModel):
@@ -25,7 +27,7 @@ class TotalParams(SpecModel):
 class MergePoint(SpecModel):
     from_: MergePointName = Field(alias="from", description="Tensor flowing into the merge.")
     to: MergePointName = Field(description="Tensor the merge produces.")
-    op: Literal["add", "gate", "concat", "mul"] = Field(description="How the streams merge: residual add, MoE gate, ...")
+    op: MergeOp = Field(description="How the streams merge: residual add, MoE gate, ...")
 
 
 class FreeParameter(SpecModel):
@@ -59,9 +61,14 @@ class Spec(SpecModel):
     free_parameters: list[FreeParameter] = Field(default=[], description="Named learned or tuned parameters outside the main modules.")
     ablation: Ablation | None = Field(default=None, description="Set by an ablation spec: its name and expected effect.")
 
-    _origin: Any = PrivateAttr(default=None)  # validate.SpecOrigin: file, extends chain, warnings
+    _origin: SpecOrigin | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Take the `SpecOrigin` the loader passes as validation context (`{"origin": ...}`)."""
+        if isinstance(context, dict) and isinstance(context.get("origin"), SpecOrigin):
+            self._origin = context["origin"]
 
     @property
-    def origin(self) -> Any:
-        """Where this spec was loaded from (a `SpecOrigin`), or None if built in code."""
+    def origin(self) -> SpecOrigin | None:
+        """Where this spec was loaded from, or None for a spec built in code."""
         return self._origin

@@ -1,7 +1,8 @@
 """Spec sections that describe training: regularization, optim and the techniques.
 
-The techniques (lora, sft, dpo, distill, adapters, quant) are read by the planner; LoRA is
-also part of the module graph, since its adapters are modules of the compiled model.
+LoRA is part of the module graph (its adapters are modules of the compiled model) and the
+distillation settings are resolved (teacher spec, reasoning-token masking); the cross-field
+rules check every section. The remaining techniques are validated and shown by `explain`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pydantic import Field
 
 from .base import NonEmptyStr, NonNegativeInt, PositiveFloat, PositiveInt, Probability, SpecModel
 
-Projection = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-PROJECTIONS: tuple[str, ...] = Projection.__args__  # type: ignore[attr-defined]
+ProjectionName = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PROJECTIONS: tuple[str, ...] = ProjectionName.__args__  # type: ignore[attr-defined]
 
 
 class Regularization(SpecModel):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from minimind_spec import load_spec, resolve
-from minimind_spec.resolved import ResolvedSpec
+from minimind_spec.config import ResolvedSpec
 
 D_MODEL = 64
 N_LAYERS = 2

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from minimind_spec.resolved import ModelConfig
+from minimind_spec.config import ModelConfig
 
 
 def randomize(model: torch.nn.Module, seed: int = 1) -> None:

@@ -12,7 +12,7 @@ import pickle
 import pytest
 import torch
 
-from builders.decode import drop_packed_weights, packed_weights
+from builders.inference.decode import drop_packed_weights, packed_weights
 from minimind_spec import compile_model
 
 from .helpers import randomize
@@ -51,7 +51,7 @@ def test_fast_step_logits_match_plain_forward(tiny):
     model = build(tiny, LORA | {"hyperparams": {"n_kv_heads": 2, "tie_word_embeddings": False}})
     model.eval()
     prompt = torch.randint(0, model.vocab_size, (2, 5))
-    from builders.decode import DecodeStep
+    from builders.inference.decode import DecodeStep
 
     with torch.inference_mode():
         plain_cache, fast_cache = model.new_cache(2, 16), model.new_cache(2, 16)

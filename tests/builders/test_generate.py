@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from builders.generate import apply_repetition_penalty, filter_top_k_top_p
+from builders.inference.generate import apply_repetition_penalty, filter_top_k_top_p
 from minimind_spec import compile_model
 
 from .helpers import hf_llama, load_into_hf, randomize

@@ -28,21 +28,17 @@ functions, so the arithmetic is the plain path's up to the order of summation in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import BACKENDS
-from .lora import Projection
-from .mlp import GatedMLP
-from .norm import RMSNorm
-from .positional import rotate_half
-
-if TYPE_CHECKING:
-    from .cache import StaticKVCache
-    from .model import MiniMindForCausalLM
+from ..attention import BACKENDS, Attention
+from ..lora import Projection
+from ..mlp import GatedMLP
+from ..norm import RMSNorm
+from ..positional import rotate_half
+from ..cache import StaticKVCache
+from .protocol import CausalLM
 
 _ATTRIBUTE = "_packed_decode_weights"
 
@@ -104,14 +100,14 @@ class PackedWeights:
     signature: tuple[object, ...]
 
 
-def _signature(model: nn.Module) -> tuple[object, ...]:
+def _signature(model: CausalLM) -> tuple[object, ...]:
     params = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
     merged = tuple(m.merged for m in model.modules() if isinstance(m, Projection) and m.lora is not None)
     return params, merged
 
 
 @torch.no_grad()
-def _pack(model: MiniMindForCausalLM, signature: tuple[object, ...]) -> PackedWeights:
+def _pack(model: CausalLM, signature: tuple[object, ...]) -> PackedWeights:
     layers = []
     for layer in model.model.layers:
         attn = layer.self_attn
@@ -140,7 +136,7 @@ class _PackSlot:
         return _PackSlot, ()
 
 
-def packed_weights(model: MiniMindForCausalLM) -> PackedWeights:
+def packed_weights(model: CausalLM) -> PackedWeights:
     """The model's packed decode weights, rebuilt when any parameter changed since the last pack."""
     signature = _signature(model)
     slot = model.__dict__.setdefault(_ATTRIBUTE, _PackSlot())
@@ -150,7 +146,7 @@ def packed_weights(model: MiniMindForCausalLM) -> PackedWeights:
     return slot.packed
 
 
-def drop_packed_weights(model: MiniMindForCausalLM) -> None:
+def drop_packed_weights(model: CausalLM) -> None:
     """Free the packed copy (it is rebuilt by the next generation that wants it)."""
     model.__dict__.pop(_ATTRIBUTE, None)
 
@@ -171,7 +167,7 @@ class DecodeStep:
     prompt (zeros where left-padded) and every position to be generated (ones).
     """
 
-    def __init__(self, model: MiniMindForCausalLM, cache: StaticKVCache, attention_mask: torch.Tensor | None) -> None:
+    def __init__(self, model: CausalLM, cache: StaticKVCache, attention_mask: torch.Tensor | None) -> None:
         self.model = model
         self.packed = packed_weights(model)
         self.cache = cache
@@ -235,7 +231,5 @@ class DecodeStep:
 
 def supports_fast_decode(model: nn.Module) -> bool:
     """Whether `DecodeStep` can run this model (the compiled MiniMind layout)."""
-    from .attention import Attention
-
     layers = getattr(getattr(model, "model", None), "layers", None)
     return layers is not None and all(isinstance(layer.self_attn, Attention) for layer in layers)

@@ -4,7 +4,7 @@ repetition penalty, EOS stop, `max_new_tokens`, and batches with left padding.
 The prompt is run once (prefill) into a cache sized prompt + max_new_tokens; each step then
 feeds one token per sequence and reads logits of that position only. `use_cache=False`
 re-runs the whole sequence every step (slow; it exists to check the cache). With the cache,
-the steps after the prefill go through `builders.decode.DecodeStep` (packed, fused weights;
+the steps after the prefill go through `builders.inference.decode.DecodeStep` (packed, fused weights;
 see that module) unless `fast_decode=False`, which keeps the plain forward for every step.
 
 Decoding keeps SDPA off its cuDNN backend: the key length grows by one every step, and cuDNN
@@ -13,15 +13,11 @@ builds a new plan for each new shape (measured on an H100: 13 tokens/s instead o
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .decode import DecodeStep, supports_fast_decode
-
-if TYPE_CHECKING:
-    from .model import MiniMindForCausalLM
+from .protocol import CausalLM
 
 DECODE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
@@ -58,7 +54,7 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: floa
 
 @torch.inference_mode()
 def generate(
-    model: MiniMindForCausalLM, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+    model: CausalLM, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
     repetition_penalty: float = 1.0, eos_token_id: int | None = None, pad_token_id: int = 0,
     use_cache: bool = True, fast_decode: bool = True, generator: torch.Generator | None = None,

@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
-from .errors import Problem, SpecError
-from .resolved import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig
+from ..config import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig
+from ..errors import Problem, SpecError
+from .compile import compile_model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ModelConfig without label_smoothing and static_kv_cache (version 1 files still load)
 
 
 def _hf_rope(c: ModelConfig) -> tuple[float, dict[str, Any] | None]:
@@ -93,8 +94,6 @@ def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu"
     save, so the list holds config.json only (callers say so to the user)."""
     from safetensors.torch import save_file
 
-    from .compile import compile_model
-
     _require_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +115,8 @@ def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu"
 
 
 def _model_config(data: dict[str, Any]) -> ModelConfig:
-    fields = dict(data)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    fields = {key: value for key, value in data.items() if key in known}  # drops fields older versions wrote
     fields["rope_scaling"] = RopeConfig(**fields["rope_scaling"])
     fields["moe"] = MoEConfig(**fields["moe"]) if fields["moe"] is not None else None
     if fields["lora"] is not None:
@@ -127,8 +127,6 @@ def _model_config(data: dict[str, Any]) -> ModelConfig:
 def load_model_files(out_dir: Path, device: str = "cpu") -> torch.nn.Module:
     """Rebuild the model written by `write_model_files` and load its weights."""
     from safetensors.torch import load_file
-
-    from .compile import compile_model
 
     out_dir = Path(out_dir)
     config = json.loads((out_dir / CONFIG_FILE).read_text())

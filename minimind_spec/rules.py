@@ -1,26 +1,49 @@
-"""Semantic checks: rules that span fields, which no per-field type can express.
+"""Cross-field rules: what no per-field type can express (divisibility, choices that
+contradict each other, a teacher whose vocabulary differs from the student's).
 
-Runs on a `Spec` that already passed the schema. Returns (errors, warnings); the validator
-raises all errors together. Each problem points at the field a user would edit.
+The third step of loading: `loader.load_spec` runs them on the type-checked spec (or its
+stand-in when some fields are broken) and hands in what it found out about the distillation
+teacher, so the rules read no files. Returns (errors, warnings); each problem points at the
+field a user would edit.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import Problem, pointer, warning
-from .schema import PROJECTIONS, Spec
+from .schema import MAX_POSITIONS, PROJECTIONS, Spec
+from .suggest import did_you_mean
 
-MAX_POSITIONS = 16_777_216  # the schema's cap on max_position_embeddings
+
+@dataclass(frozen=True)
+class TeacherFacts:
+    """What the loader found out about the distillation teacher's spec."""
+
+    path: Path | None  # the file looked at (None: nothing found under the implied name)
+    where: str  # JSON Pointer of the field that names the teacher
+    vocab: int | None = None  # the teacher's vocabulary size, when its spec could be read
+    problem: str | None = None  # why it could not be read
 
 
-def semantic_problems(spec: Spec) -> tuple[list[Problem], list[Problem]]:
+def rule_problems(spec: Spec, teacher: TeacherFacts | None = None) -> tuple[list[Problem], list[Problem]]:
+    """(errors, warnings) of every cross-field rule."""
     errors: list[Problem] = []
     warnings: list[Problem] = []
-    for check in (_check_shapes, _check_moe, _check_lora, _check_training, _check_tricks, _check_distill, _check_misc):
+    for check in (_check_shapes, _check_moe, _check_lora, _check_training, _check_tricks, _check_misc):
         check(spec, errors, warnings)
+    _check_distill(spec, teacher, errors, warnings)
     return errors, warnings
+
+
+def _repeated(items: Iterable[str], where: str, what: str, warnings: list[Problem]) -> None:
+    """The one "listed more than once" rule: a warning per repeated item."""
+    for name, count in Counter(items).items():
+        if count > 1:
+            warnings.append(warning(where, f"{what} {name!r} is listed {count} times"))
 
 
 def _check_shapes(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
@@ -62,8 +85,6 @@ def _check_moe(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> No
 
 
 def _check_lora(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
-    import difflib
-
     lora = spec.techniques.lora
     narrowest = min(spec.hyperparams.d_model, round(spec.hyperparams.mlp_ratio * spec.hyperparams.d_model))
     if lora.enabled and lora.rank >= narrowest:
@@ -72,12 +93,9 @@ def _check_lora(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> N
     base = pointer("techniques", "lora", "placements")
     for i, name in enumerate(lora.placements):
         if name not in PROJECTIONS:
-            guess = difflib.get_close_matches(name, PROJECTIONS, n=1, cutoff=0.5)
-            hint = f"did you mean {guess[0]!r}?" if guess else f"projections in the graph: {', '.join(PROJECTIONS)}"
+            hint = did_you_mean(name, PROJECTIONS, f"projections in the graph: {', '.join(PROJECTIONS)}")
             errors.append(Problem(f"{base}/{i}", f"{name!r} names no projection in the graph", hint))
-    for name, count in Counter(lora.placements).items():
-        if count > 1:
-            warnings.append(warning(base, f"{name!r} is listed {count} times"))
+    _repeated(lora.placements, base, "placement", warnings)
     if lora.enabled and not lora.placements:
         errors.append(Problem(base, "LoRA is enabled but names no placements"))
 
@@ -103,9 +121,7 @@ def _check_training(spec: Spec, errors: list[Problem], warnings: list[Problem]) 
 
 def _check_tricks(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
     tricks = set(spec.tricks)
-    for name, count in Counter(spec.tricks).items():
-        if count > 1:
-            warnings.append(warning(pointer("tricks"), f"{name!r} is listed {count} times"))
+    _repeated(spec.tricks, pointer("tricks"), "trick", warnings)
     backend = spec.backbone.attention_backend
     if "flash-attn2" in tricks and backend in ("sdpa", "eager"):
         errors.append(Problem(pointer("backbone", "attention_backend"), f"is {backend!r} but tricks lists 'flash-attn2'", "drop one of the two"))
@@ -120,21 +136,7 @@ def _check_tricks(spec: Spec, errors: list[Problem], warnings: list[Problem]) ->
         errors.append(Problem(pointer("techniques", "distill", "reasoning_token_masking"), "is false but tricks lists 'reasoning-token-masking'"))
 
 
-def teacher_spec_path(spec: Spec) -> tuple[Path | None, bool]:
-    """Where the distillation teacher's spec is, and whether the spec named it explicitly."""
-    distill = spec.techniques.distill
-    here = spec.origin.path.parent if spec.origin is not None else Path.cwd()
-    if distill.teacher_spec is not None:
-        return here / distill.teacher_spec, True
-    candidate = here / f"{distill.teacher}.json"
-    return (candidate if candidate.is_file() else None), False
-
-
-def _check_distill(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
-    from .errors import SpecError
-    from .loader import load_document
-    from .validate import model_problems
-
+def _check_distill(spec: Spec, teacher: TeacherFacts | None, errors: list[Problem], warnings: list[Problem]) -> None:
     distill = spec.techniques.distill
     n_layers = spec.hyperparams.n_layers
     for i, layer in enumerate(distill.layers):
@@ -144,33 +146,24 @@ def _check_distill(spec: Spec, errors: list[Problem], warnings: list[Problem]) -
         return
     if distill.type == "hidden" and not distill.layers:
         errors.append(Problem(pointer("techniques", "distill", "layers"), "hidden-state distillation needs at least one layer"))
-    path, explicit = teacher_spec_path(spec)
-    where = pointer("techniques", "distill", "teacher_spec" if explicit else "teacher")
-    if path is None:
-        warnings.append(warning(where, f"no spec found for teacher {distill.teacher!r} (looked for {distill.teacher}.json beside this spec); its vocab is not checked"))
+    if teacher is None:  # checked without a file system (a spec built in code)
         return
-    try:
-        teacher, problems = model_problems(load_document(path).data)
-    except SpecError as exc:
-        errors.append(Problem(where, f"teacher spec {path} cannot be loaded: {exc.problems[0]}"))
-        return
-    if teacher is None:
-        errors.append(Problem(where, f"teacher spec {path} is invalid: {problems[0]}"))
-    elif teacher.hyperparams.vocab != spec.hyperparams.vocab:
-        errors.append(Problem(where, f"teacher vocab {teacher.hyperparams.vocab} differs from the student's {spec.hyperparams.vocab}",
+    if teacher.path is None:
+        warnings.append(warning(teacher.where, f"no spec found for teacher {distill.teacher!r} (looked for {distill.teacher}.json "
+                                               "beside the spec that names it); its vocab is not checked"))
+    elif teacher.problem is not None:
+        errors.append(Problem(teacher.where, f"teacher spec {teacher.path} {teacher.problem}"))
+    elif teacher.vocab != spec.hyperparams.vocab:
+        errors.append(Problem(teacher.where, f"teacher vocab {teacher.vocab} differs from the student's {spec.hyperparams.vocab}",
                               "logit distillation needs one shared vocabulary"))
 
 
 def _check_misc(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
-    for name, count in Counter(m.name for m in spec.modules).items():
-        if count > 1:
-            warnings.append(warning(pointer("modules"), f"module name {name!r} is declared {count} times"))
+    _repeated((m.name for m in spec.modules), pointer("modules"), "module name", warnings)
     for i, point in enumerate(spec.concat_merge_points):
         if point.from_ == point.to:
             errors.append(Problem(pointer("concat_merge_points", i, "to"), f"merge point goes from {point.to!r} to itself"))
     total = spec.total_params
     if None not in (total.all, total.trainable, total.frozen) and total.trainable + total.frozen != total.all:
         warnings.append(warning(pointer("total_params"), f"declared trainable {total.trainable:,} + frozen {total.frozen:,} != all {total.all:,}"))
-    for name, count in Counter(spec.backbone.variants).items():
-        if count > 1:
-            warnings.append(warning(pointer("backbone", "variants"), f"{name!r} is listed {count} times"))
+    _repeated(spec.backbone.variants, pointer("backbone", "variants"), "variant", warnings)

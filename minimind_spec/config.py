@@ -1,8 +1,9 @@
-"""The resolved spec: typed, concrete configuration objects that flow down the pipeline.
+"""The typed, concrete configuration a spec resolves to: what flows down the pipeline.
 
-`resolve.py` fills these from a `Spec`; the graph builder, the compiler and the builders
-read them. They are plain frozen dataclasses with no defaults of their own, so every value
-in them was decided (and recorded with its provenance) by the resolver.
+`resolve.resolve` fills these from a `Spec`; the graph builder reads `ModelConfig`, and the
+graph (not this config) is what the compiler reads. Every field is required: each value was
+decided, and recorded with its provenance, by the resolver (or read back from an exported
+config.json by the engine).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import Problem
-from .schema import Spec
+from .schema import ProjectionName, Spec
 
 AttentionBackendName = Literal["flash-attn2", "sdpa", "eager"]
 
@@ -31,6 +32,8 @@ class RopeConfig:
 
 @dataclass(frozen=True)
 class MoEConfig:
+    """Mixture of experts in every layer (the MoE variant)."""
+
     num_experts: int
     top_k: int
     aux_loss: bool
@@ -42,10 +45,12 @@ class MoEConfig:
 
 @dataclass(frozen=True)
 class LoRAConfig:
+    """Low-rank adapters on the named projections of every layer."""
+
     rank: int
     alpha: float
     dropout: float
-    targets: tuple[str, ...]  # projection names, e.g. ("q_proj", "v_proj")
+    targets: tuple[ProjectionName, ...]  # e.g. ("q_proj", "v_proj")
 
     @property
     def scaling(self) -> float:
@@ -77,9 +82,7 @@ class ModelConfig:
     attention_backend: AttentionBackendName  # preferred; flash-attn2 falls back to sdpa where it cannot run
     moe: MoEConfig | None  # None: dense SwiGLU MLP in every layer
     lora: LoRAConfig | None  # None: no adapters
-    label_smoothing: float
     dtype: Literal["float32", "bfloat16", "float16"]
-    static_kv_cache: bool  # the 'kv-cache-pinning' trick: preallocated per-layer buffers
 
 
 @dataclass(frozen=True)

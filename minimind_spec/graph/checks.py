@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import networkx as nx
 
-from .errors import Problem
-from .graph import MERGE_OPS, OpType, node
+from ..errors import Problem
+from .build import node
+from .ir import MERGE_OPS, EdgeKind, LoRAAttrs, OpType
 
 
 def _where(node_id: str) -> str:
@@ -33,11 +34,11 @@ def check_graph(graph: nx.DiGraph) -> list[Problem]:
             problems.append(Problem(_where(dst), f"receives {data['shape']} from {src} but takes {', '.join(target.in_shapes)}"))
     for op_node in (node(graph, n) for n in graph.nodes):
         if op_node.op in MERGE_OPS:
-            streams = {d["shape"] for _, _, d in graph.in_edges(op_node.id, data=True) if d["kind"] != "routing"}
+            streams = {d["shape"] for _, _, d in graph.in_edges(op_node.id, data=True) if d["kind"] != EdgeKind.ROUTING}
             if streams != {op_node.out_shape}:
                 problems.append(Problem(_where(op_node.id), f"merge point joins shapes {sorted(streams)} into {op_node.out_shape}"))
-        if op_node.op == OpType.LORA:
-            target = node(graph, op_node.attrs["target"])
+        if isinstance(op_node.attrs, LoRAAttrs):
+            target = node(graph, op_node.attrs.target)
             if target.out_shape != op_node.out_shape:
                 problems.append(Problem(_where(op_node.id), f"adapter output {op_node.out_shape} does not match {target.id} {target.out_shape}"))
     return problems

@@ -14,21 +14,22 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from ..config import ModelConfig, ResolvedSpec
+from ..errors import Problem, pointer, warning
+from .build import node, nodes
 from .costs import Costs, graph_costs
-from .errors import Problem, pointer, warning
-from .graph import INPUT_ID, OpType, node, nodes
-from .resolved import ModelConfig, ResolvedSpec
+from .ir import INPUT_ID, AddAttrs, LinearAttrs, LMHeadAttrs, MergePoint, MoECombineAttrs, OpNode, ParamRole
 
 _SEQ = {"seq_len", "t", "seq", "sequence_length", "seqlen", "l"}
 _BATCH = {"b", "batch", "batch_size"}
 
 
-def normalize_shape(text: str, c: ModelConfig) -> tuple[str, ...] | None:
+def normalize_shape(text: str, config: ModelConfig) -> tuple[str, ...] | None:
     """'(B, seq_len, vocab_size)' -> ('B', 'T', '6400'); None if a symbol is unknown."""
-    symbols = {"d_model": c.d_model, "hidden": c.d_model, "d": c.d_model, "hidden_size": c.d_model,
-               "vocab": c.vocab_size, "vocab_size": c.vocab_size, "v": c.vocab_size,
-               "num_experts": c.moe.num_experts if c.moe else None, "e": c.moe.num_experts if c.moe else None,
-               "n_heads": c.n_heads, "head_dim": c.head_dim}
+    symbols = {"d_model": config.d_model, "hidden": config.d_model, "d": config.d_model, "hidden_size": config.d_model,
+               "vocab": config.vocab_size, "vocab_size": config.vocab_size, "v": config.vocab_size,
+               "num_experts": config.moe.num_experts if config.moe else None, "e": config.moe.num_experts if config.moe else None,
+               "n_heads": config.n_heads, "head_dim": config.head_dim}
     out = []
     for token in re.findall(r"[A-Za-z_]\w*|\d+", text):
         low = token.lower()
@@ -55,51 +56,53 @@ class _Actual:
     reason: str
 
 
-def _layer_nodes(graph: nx.DiGraph, layer: int, prefix: str) -> list:
-    return [n for n in nodes(graph) if n.layer == layer and n.short_name.startswith(prefix) and n.op != OpType.LORA]
+def _layer_nodes(graph: nx.DiGraph, layer: int, roles: set[ParamRole]) -> list[OpNode]:
+    return [n for n in nodes(graph) if n.layer == layer and n.role in roles]
 
 
-def _embedding(graph: nx.DiGraph, c: ModelConfig) -> _Actual:
+def _embedding(graph: nx.DiGraph, config: ModelConfig) -> _Actual:
     emb = node(graph, "model.embed_tokens")
-    return _Actual(emb.params, emb.in_shapes[0], emb.out_shape, f"embedding {c.vocab_size}x{c.d_model} = {emb.params:,}")
+    return _Actual(emb.params, emb.in_shapes[0], emb.out_shape, f"embedding {config.vocab_size}x{config.d_model} = {emb.params:,}")
 
 
-def _attention(graph: nx.DiGraph, c: ModelConfig) -> _Actual:
-    projs = [n for n in _layer_nodes(graph, 0, "self_attn.") if n.op == OpType.LINEAR]
-    total = sum(n.params for n in projs)
-    parts = ", ".join(f"{n.short_name.split('.')[-1][0]} {n.attrs['in_features']}x{n.attrs['out_features']}" for n in projs)
-    heads = f"{c.n_heads} heads" + (f", {c.n_kv_heads} kv heads" if c.n_kv_heads != c.n_heads else "")
-    return _Actual(total, f"(B, T, {c.d_model})", f"(B, T, {c.d_model})", f"{heads}: {parts} = {total:,} per layer")
+def _attention(graph: nx.DiGraph, config: ModelConfig) -> _Actual:
+    projs = [(n, n.attrs) for n in _layer_nodes(graph, 0, {ParamRole.ATTENTION}) if isinstance(n.attrs, LinearAttrs)]
+    total = sum(n.params for n, _ in projs)
+    parts = ", ".join(f"{attrs.projection[0]} {attrs.in_features}x{attrs.out_features}" for _, attrs in projs)
+    heads = f"{config.n_heads} heads" + (f", {config.n_kv_heads} kv heads" if config.n_kv_heads != config.n_heads else "")
+    return _Actual(total, f"(B, T, {config.d_model})", f"(B, T, {config.d_model})", f"{heads}: {parts} = {total:,} per layer")
 
 
-def _mlp(graph: nx.DiGraph, c: ModelConfig) -> _Actual:
-    total = sum(n.params for n in _layer_nodes(graph, 0, "mlp."))
-    hidden = f"(B, T, {c.d_model})"
-    if c.moe is None:
-        return _Actual(total, hidden, hidden, f"SwiGLU with hidden {c.mlp_hidden} has three {c.d_model}x{c.mlp_hidden} matrices = {total:,} per layer")
-    m = c.moe
-    experts = m.num_experts + m.num_shared_experts
-    return _Actual(total, hidden, hidden, f"MoE: router {m.num_experts}x{c.d_model} + {experts} experts of three "
-                                         f"{c.d_model}x{m.expert_hidden} matrices = {total:,} per layer")
+def _mlp(graph: nx.DiGraph, config: ModelConfig) -> _Actual:
+    total = sum(n.params for n in _layer_nodes(graph, 0, {ParamRole.MLP, ParamRole.ROUTER}))
+    hidden = f"(B, T, {config.d_model})"
+    if config.moe is None:
+        return _Actual(total, hidden, hidden, f"SwiGLU with hidden {config.mlp_hidden} has three {config.d_model}x{config.mlp_hidden} matrices = {total:,} per layer")
+    moe = config.moe
+    experts = moe.num_experts + moe.num_shared_experts
+    return _Actual(total, hidden, hidden, f"MoE: router {moe.num_experts}x{config.d_model} + {experts} experts of three "
+                                         f"{config.d_model}x{moe.expert_hidden} matrices = {total:,} per layer")
 
 
-def _lm_head(graph: nx.DiGraph, c: ModelConfig) -> _Actual:
+def _lm_head(graph: nx.DiGraph, config: ModelConfig) -> _Actual:
     head = node(graph, "lm_head")
-    weights = head.attrs["weight_elements"]
-    tied = " (tied to the embedding: adds no parameters)" if head.attrs["tied"] else ""
-    return _Actual(weights, head.in_shapes[0], head.out_shape, f"{c.d_model}x{c.vocab_size} = {weights:,}{tied}")
+    attrs = head.attrs
+    assert isinstance(attrs, LMHeadAttrs)
+    weights = attrs.weight_elements
+    tied = " (tied to the embedding: adds no parameters)" if attrs.tied else ""
+    return _Actual(weights, head.in_shapes[0], head.out_shape, f"{config.d_model}x{config.vocab_size} = {weights:,}{tied}")
 
 
-def _norm(graph: nx.DiGraph, c: ModelConfig) -> _Actual:
+def _norm(graph: nx.DiGraph, config: ModelConfig) -> _Actual:
     norm = node(graph, "model.norm")
-    return _Actual(norm.params, norm.in_shapes[0], norm.out_shape, f"{c.norm} over {c.d_model} = {norm.params:,}")
+    return _Actual(norm.params, norm.in_shapes[0], norm.out_shape, f"{config.norm} over {config.d_model} = {norm.params:,}")
 
 
-def _positions(graph: nx.DiGraph, c: ModelConfig) -> _Actual | None:
+def _positions(graph: nx.DiGraph, config: ModelConfig) -> _Actual | None:
     if "model.embed_positions" not in graph:
         return None
     pos = node(graph, "model.embed_positions")
-    return _Actual(pos.params, pos.in_shapes[0], pos.out_shape, f"positions {c.max_position_embeddings}x{c.d_model} = {pos.params:,}")
+    return _Actual(pos.params, pos.in_shapes[0], pos.out_shape, f"positions {config.max_position_embeddings}x{config.d_model} = {pos.params:,}")
 
 
 def _matcher(name: str, kind: str) -> Callable[[nx.DiGraph, ModelConfig], _Actual | None] | None:
@@ -120,10 +123,10 @@ def _matcher(name: str, kind: str) -> Callable[[nx.DiGraph, ModelConfig], _Actua
 
 
 def _check_modules(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[Problem]) -> None:
-    c = resolved.model
+    config = resolved.model
     for i, module in enumerate(resolved.spec.modules):
         matcher = _matcher(module.name, module.type)
-        actual = matcher(graph, c) if matcher else None
+        actual = matcher(graph, config) if matcher else None
         if actual is None:
             out.append(warning(pointer("modules", i), f"{module.name} ({module.type}) matches no op in the graph; not checked"))
             continue
@@ -131,26 +134,26 @@ def _check_modules(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[Problem]
             out.append(warning(pointer("modules", i, "params"), f"{module.name} declared {module.params:,}; {actual.reason}"))
         for key, real in (("in_shape", actual.in_shape), ("out_shape", actual.out_shape)):
             declared = getattr(module, key)
-            if declared is not None and normalize_shape(declared, c) != normalize_shape(real, c):
+            if declared is not None and normalize_shape(declared, config) != normalize_shape(real, config):
                 out.append(warning(pointer("modules", i, key), f"{module.name} declared {declared}; the graph has {real}"))
 
 
-def _total_reason(graph: nx.DiGraph, costs: Costs, c: ModelConfig) -> str:
-    per_layer = sum(n.params for n in nodes(graph) if n.layer == 0 and n.op != OpType.LORA)
-    rest = costs.total_params - costs.lora_params - c.n_layers * per_layer
-    text = f"{c.n_layers} layers x {per_layer:,} + embeddings/final norm {rest:,}"
+def _total_reason(graph: nx.DiGraph, costs: Costs, config: ModelConfig) -> str:
+    per_layer = sum(n.params for n in nodes(graph) if n.layer == 0 and n.role != ParamRole.LORA)
+    rest = costs.total_params - costs.lora_params - config.n_layers * per_layer
+    text = f"{config.n_layers} layers x {per_layer:,} + embeddings/final norm {rest:,}"
     if costs.lora_params:
         text += f" + LoRA {costs.lora_params:,}"
-    return text + (" (lm_head tied)" if c.tie_word_embeddings else " (lm_head untied)")
+    return text + (" (lm_head tied)" if config.tie_word_embeddings else " (lm_head untied)")
 
 
 def _check_totals(resolved: ResolvedSpec, graph: nx.DiGraph, costs: Costs, out: list[Problem]) -> None:
-    c, declared = resolved.model, resolved.spec.total_params
-    lora_note = "only the LoRA adapters train" if c.lora else "everything trains (no LoRA)"
+    config, declared = resolved.model, resolved.spec.total_params
+    lora_note = "only the LoRA adapters train" if config.lora else "everything trains (no LoRA)"
     checks = (
-        ("all", costs.total_params, _total_reason(graph, costs, c)),
+        ("all", costs.total_params, _total_reason(graph, costs, config)),
         ("trainable", costs.trainable_params, lora_note),
-        ("frozen", costs.frozen_params, "the base model is frozen under LoRA" if c.lora else "nothing is frozen without LoRA"),
+        ("frozen", costs.frozen_params, "the base model is frozen under LoRA" if config.lora else "nothing is frozen without LoRA"),
     )
     for key, real, why in checks:
         value = getattr(declared, key)
@@ -158,9 +161,9 @@ def _check_totals(resolved: ResolvedSpec, graph: nx.DiGraph, costs: Costs, out: 
             out.append(warning(pointer("total_params", key), f"declared {value:,}; compiled {real:,}: {why}"))
 
     lora = resolved.spec.techniques.lora
-    if c.lora is not None:
-        targets = ", ".join(c.lora.targets)
-        why = f"rank {c.lora.rank} on {targets} in {c.n_layers} layers"
+    if config.lora is not None:
+        targets = ", ".join(config.lora.targets)
+        why = f"rank {config.lora.rank} on {targets} in {config.n_layers} layers"
         if lora.trainable_params is not None and lora.trainable_params != costs.lora_params:
             out.append(warning(pointer("techniques", "lora", "trainable_params"), f"declared {lora.trainable_params:,}; compiled {costs.lora_params:,}: {why}"))
         if lora.percentage is not None:
@@ -171,46 +174,39 @@ def _check_totals(resolved: ResolvedSpec, graph: nx.DiGraph, costs: Costs, out: 
 
 
 def _check_io(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[Problem]) -> None:
-    c, io = resolved.model, resolved.spec.io
+    config, io = resolved.model, resolved.spec.io
     real_in = node(graph, INPUT_ID).out_shape
     real_out = node(graph, "lm_head").out_shape
     for key, shapes, real in (("input_spec", io.input_spec.shapes, real_in), ("output_spec", io.output_spec.shapes, real_out)):
         for i, declared in enumerate(shapes):
-            if normalize_shape(declared, c) != normalize_shape(real, c):
+            if normalize_shape(declared, config) != normalize_shape(real, config):
                 out.append(warning(pointer("io", key, "shapes", i), f"declared {declared}; the graph has {real}"))
 
 
 def _check_free_parameters(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[Problem]) -> None:
-    c = resolved.model
+    config = resolved.model
     for i, free in enumerate(resolved.spec.free_parameters):
         where = pointer("free_parameters", i, "shape")
         if free.name in ("moe_gate", "router", "gate"):
-            if c.moe is None:
+            if config.moe is None:
                 out.append(warning(pointer("free_parameters", i), f"{free.name}: this build is dense and has no router (it appears with --variant MoE)"))
                 continue
-            real = f"({c.moe.num_experts}, {c.d_model})"
-            if normalize_shape(free.shape, c) != normalize_shape(real, c):
+            real = f"({config.moe.num_experts}, {config.d_model})"
+            if normalize_shape(free.shape, config) != normalize_shape(real, config):
                 out.append(warning(where, f"{free.name} declared {free.shape}; each layer's router weight is {real} (num_experts x d_model)"))
         elif free.name == "aux_loss_weight":
             if free.shape.strip().lower() not in ("scalar", "()", "(1,)"):
                 out.append(warning(where, f"aux_loss_weight declared {free.shape}; it is a scalar"))
-            if c.moe is not None and not c.moe.aux_loss:
+            if config.moe is not None and not config.moe.aux_loss:
                 out.append(warning(pointer("free_parameters", i), "aux_loss_weight is declared but the aux loss is off in this build"))
         else:
             out.append(warning(pointer("free_parameters", i), f"{free.name!r} matches nothing in the graph; not checked"))
 
 
 def _check_merge_points(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[Problem]) -> None:
-    present: set[tuple[str, str, str]] = set()
-    for n in nodes(graph):
-        if n.op == OpType.ADD and n.attrs.get("merge_point") == "attention_output -> mlp_input":
-            present.add(("attention_output", "mlp_input", "add"))
-        elif n.op == OpType.ADD and n.attrs.get("merge_point") == "mlp_output -> layer_output":
-            present.add(("mlp_output", "layer_output", "add"))
-        elif n.op == OpType.MOE_COMBINE:
-            present.add(("moe_experts", "mlp_output", "gate"))
+    present = {op.attrs.merge_point for op in nodes(graph) if isinstance(op.attrs, (AddAttrs, MoECombineAttrs))}
     for i, point in enumerate(resolved.spec.concat_merge_points):
-        if (point.from_, point.to, point.op) not in present:
+        if MergePoint(point.from_, point.to, point.op) not in present:
             extra = " (it appears with --variant MoE)" if point.op == "gate" and resolved.model.moe is None else ""
             out.append(warning(pointer("concat_merge_points", i), f"{point.op} merge {point.from_} -> {point.to} is not in this build{extra}"))
 
@@ -219,7 +215,7 @@ def check_declared(resolved: ResolvedSpec, graph: nx.DiGraph, costs: Costs | Non
     """Warnings for every declared number or shape that the graph contradicts."""
     if resolved.spec is None:  # rebuilt from an exported config.json: nothing was declared
         return []
-    costs = costs or graph_costs(graph)
+    costs = costs or graph_costs(graph, resolved.model)
     out: list[Problem] = []
     _check_modules(resolved, graph, out)
     _check_totals(resolved, graph, costs, out)
