@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +43,15 @@ class LoadedDocument:
     chain: tuple[Path, ...] = ()  # this file first, then its bases
     own_data: tuple[dict[str, Any], ...] = ()  # what each file of `chain` itself says (before merging)
 
-    def declared_in(self, *keys: str) -> Path:
-        """The file of the chain whose own text sets the value at `keys` (the nearest one), else `path`."""
+    def declared_in(self, *keys: str) -> Path | None:
+        """The nearest file of the chain whose own text sets the value at `keys`; None if none does."""
         for file, data in zip(self.chain, self.own_data):
             value: Any = data
             for key in keys:
                 value = value.get(key) if isinstance(value, dict) else None
             if value is not None:
                 return file
-        return self.path
+        return None
 
 
 class _NotJson(ValueError):
@@ -233,13 +234,13 @@ def find_teacher(spec: Spec, document: LoadedDocument) -> TeacherFacts | None:
         return None
     if distill.teacher_spec is not None:
         where = pointer("techniques", "distill", "teacher_spec")
-        path = document.declared_in("techniques", "distill", "teacher_spec").parent / distill.teacher_spec
+        declaring = document.declared_in("techniques", "distill", "teacher_spec") or document.path
+        path = Path(os.path.normpath(declaring.parent / distill.teacher_spec))
     else:
         where = pointer("techniques", "distill", "teacher")
-        declaring = document.declared_in("techniques", "distill", "teacher")
-        if declaring == document.path:
-            declaring = document.declared_in("techniques", "distill", "enabled")
-        path = declaring.parent / f"{distill.teacher}.json"
+        declaring = (document.declared_in("techniques", "distill", "teacher")
+                     or document.declared_in("techniques", "distill", "enabled") or document.path)
+        path = Path(os.path.normpath(declaring.parent / f"{distill.teacher}.json"))
         if not path.is_file():
             return TeacherFacts(None, where)
     try:

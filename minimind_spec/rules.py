@@ -51,7 +51,7 @@ def _check_shapes(spec: Spec, errors: list[Problem], warnings: list[Problem]) ->
     if hp.d_model % hp.n_heads:
         errors.append(Problem(pointer("hyperparams", "n_heads"), f"d_model {hp.d_model} is not divisible by n_heads {hp.n_heads}"))
     elif spec.backbone.positional_encoding == "RoPE" and (hp.d_model // hp.n_heads) % 2:
-        errors.append(Problem(pointer("hyperparams", "n_heads"), f"head dimension {hp.d_model // hp.n_heads} is odd; RoPE rotates pairs of dimensions"))
+        errors.append(Problem(pointer("hyperparams", "n_heads"), f"head dimension d_model / n_heads = {hp.d_model // hp.n_heads} is odd; RoPE rotates pairs of dimensions"))
     if hp.n_kv_heads is not None and hp.n_heads % hp.n_kv_heads:
         errors.append(Problem(pointer("hyperparams", "n_kv_heads"), f"n_heads {hp.n_heads} is not divisible by n_kv_heads {hp.n_kv_heads}"))
     factor = hp.rope_scaling.factor if hp.rope_scaling is not None and hp.rope_scaling.type != "none" else 1.0
@@ -167,3 +167,8 @@ def _check_misc(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> N
     if None not in (total.all, total.trainable, total.frozen) and total.trainable + total.frozen != total.all:
         warnings.append(warning(pointer("total_params"), f"declared trainable {total.trainable:,} + frozen {total.frozen:,} != all {total.all:,}"))
     _repeated(spec.backbone.variants, pointer("backbone", "variants"), "variant", warnings)
+    build_variant = spec.backbone.build_variant
+    if build_variant is not None and build_variant not in spec.backbone.variants:
+        offered = ", ".join(repr(v) for v in spec.backbone.variants) or "none"
+        errors.append(Problem(pointer("backbone", "build_variant"), f"{build_variant!r} is not one of backbone.variants (offered: {offered})",
+                              f"add {build_variant!r} to backbone.variants, or drop build_variant"))

@@ -172,3 +172,41 @@ def test_extends_must_be_a_string(tmp_path):
     with pytest.raises(SpecError) as info:
         load_spec(tmp_path / "child.json")
     assert info.value.problems[0].path == "/extends"
+
+
+def _distilling(teacher: dict) -> dict:
+    return {**TINY, "techniques": {"distill": {"enabled": True, **teacher}}}
+
+
+def test_teacher_is_found_beside_the_spec_that_names_it(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "ablations").mkdir()
+    (tmp_path / "base" / "base.json").write_text(json.dumps(_distilling({"teacher": "big"})), encoding="utf-8")
+    (tmp_path / "base" / "big.json").write_text(json.dumps(TINY), encoding="utf-8")
+    child = {"extends": "../base/base.json", "hyperparams": {"n_layers": 3}}
+    (tmp_path / "ablations" / "child.json").write_text(json.dumps(child), encoding="utf-8")
+    spec = load_spec(tmp_path / "ablations" / "child.json")
+    assert spec.origin.teacher_spec == tmp_path / "base" / "big.json"
+    assert not any("teacher" in w.path for w in spec.origin.warnings)
+
+
+def test_explicit_teacher_spec_is_relative_to_the_file_that_sets_it(tmp_path):
+    (tmp_path / "base" / "teachers").mkdir(parents=True)
+    (tmp_path / "base" / "base.json").write_text(
+        json.dumps(_distilling({"teacher_spec": "teachers/t.json"})), encoding="utf-8")
+    wrong_vocab = {**TINY, "hyperparams": {**TINY["hyperparams"], "vocab": TINY["hyperparams"]["vocab"] + 1}}
+    (tmp_path / "base" / "teachers" / "t.json").write_text(json.dumps(wrong_vocab), encoding="utf-8")
+    (tmp_path / "child.json").write_text(json.dumps({"extends": "base/base.json"}), encoding="utf-8")
+    with pytest.raises(SpecError) as error:
+        load_spec(tmp_path / "child.json")
+    (problem,) = error.value.problems
+    assert problem.path == "/techniques/distill/teacher_spec" and "teacher vocab" in problem.message
+
+
+def test_a_child_naming_its_own_teacher_looks_beside_itself(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.json").write_text(json.dumps(_distilling({"teacher": "big"})), encoding="utf-8")
+    (tmp_path / "sub" / "small_teacher.json").write_text(json.dumps(TINY), encoding="utf-8")
+    child = {"extends": "../base.json", "techniques": {"distill": {"teacher": "small_teacher"}}}
+    (tmp_path / "sub" / "child.json").write_text(json.dumps(child), encoding="utf-8")
+    assert load_spec(tmp_path / "sub" / "child.json").origin.teacher_spec == tmp_path / "sub" / "small_teacher.json"
