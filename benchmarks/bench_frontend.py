@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 
 from minimind_spec import build_graph, load_spec, resolve
-from minimind_spec.graph import check_graph
-from minimind_spec.graph import graph_costs
-from minimind_spec.graph import check_declared
+from minimind_spec.graph import check_declared, check_graph, graph_costs
 from minimind_spec.diff import diff_specs, format_text
 from minimind_spec.render import render
 from minimind_spec.loader import load_document
@@ -76,7 +74,7 @@ def main() -> None:
             path = Path(tmp) / f"l{layers}.json"
             path.write_text(json.dumps(data), encoding="utf-8")
             r = resolve(load_spec(path))
-            ms = median_ms(lambda: graph_costs(build_graph(r)), max(3, args.repeat // 4))
+            ms = median_ms(lambda: graph_costs(build_graph(r), r.model), max(3, args.repeat // 4))
             nodes = build_graph(r).number_of_nodes()
             print(f"  {layers:>6} {nodes:>7} {ms:>9.2f} {ms / layers:>9.3f}")
 

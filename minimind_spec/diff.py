@@ -173,10 +173,10 @@ def field_changes(a: Spec, b: Spec) -> list[FieldChange]:
 
 # ----- (a') resolved values -----
 
-def _resolved_value(r: ResolvedSpec, key: str) -> Any:
+def _resolved_value(resolved: ResolvedSpec, key: str) -> Any:
     if key == "model.mlp":
-        return "moe" if r.model.moe is not None else "dense"
-    obj: Any = r
+        return "moe" if resolved.model.moe is not None else "dense"
+    obj: Any = resolved
     if key.startswith("training."):  # training values sit on the ResolvedSpec itself
         key = key.split(".", 1)[1]
     for part in key.split("."):
@@ -292,9 +292,9 @@ def cost_deltas(a: Costs, b: Costs, seq_len_a: int, seq_len_b: int) -> list[Cost
 
 # ----- the whole diff -----
 
-def _side(path: Path, r: ResolvedSpec) -> Side:
-    ablation = r.spec.ablation.model_dump() if r.spec.ablation is not None else None
-    return Side(str(path), r.name, r.variant, ablation)
+def _side(path: Path, resolved: ResolvedSpec) -> Side:
+    ablation = resolved.spec.ablation.model_dump() if resolved.spec.ablation is not None else None
+    return Side(str(path), resolved.name, resolved.variant, ablation)
 
 
 def diff_specs(path_a: str | Path, path_b: str | Path, variant_a: str | None = None, variant_b: str | None = None) -> SpecDiff:

@@ -47,27 +47,27 @@ def _repeated(items: Iterable[str], where: str, what: str, warnings: list[Proble
 
 
 def _check_shapes(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
-    hp = spec.hyperparams
-    if hp.d_model % hp.n_heads:
-        errors.append(Problem(pointer("hyperparams", "n_heads"), f"d_model {hp.d_model} is not divisible by n_heads {hp.n_heads}"))
-    elif spec.backbone.positional_encoding == "RoPE" and (hp.d_model // hp.n_heads) % 2:
-        errors.append(Problem(pointer("hyperparams", "n_heads"), f"head dimension d_model / n_heads = {hp.d_model // hp.n_heads} is odd; RoPE rotates pairs of dimensions"))
-    if hp.n_kv_heads is not None and hp.n_heads % hp.n_kv_heads:
-        errors.append(Problem(pointer("hyperparams", "n_kv_heads"), f"n_heads {hp.n_heads} is not divisible by n_kv_heads {hp.n_kv_heads}"))
-    factor = hp.rope_scaling.factor if hp.rope_scaling is not None and hp.rope_scaling.type != "none" else 1.0
-    if hp.max_position_embeddings is None and hp.seq_len * factor > MAX_POSITIONS:
+    hyperparams = spec.hyperparams
+    if hyperparams.d_model % hyperparams.n_heads:
+        errors.append(Problem(pointer("hyperparams", "n_heads"), f"d_model {hyperparams.d_model} is not divisible by n_heads {hyperparams.n_heads}"))
+    elif spec.backbone.positional_encoding == "RoPE" and (hyperparams.d_model // hyperparams.n_heads) % 2:
+        errors.append(Problem(pointer("hyperparams", "n_heads"), f"head dimension d_model / n_heads = {hyperparams.d_model // hyperparams.n_heads} is odd; RoPE rotates pairs of dimensions"))
+    if hyperparams.n_kv_heads is not None and hyperparams.n_heads % hyperparams.n_kv_heads:
+        errors.append(Problem(pointer("hyperparams", "n_kv_heads"), f"n_heads {hyperparams.n_heads} is not divisible by n_kv_heads {hyperparams.n_kv_heads}"))
+    factor = hyperparams.rope_scaling.factor if hyperparams.rope_scaling is not None and hyperparams.rope_scaling.type != "none" else 1.0
+    if hyperparams.max_position_embeddings is None and hyperparams.seq_len * factor > MAX_POSITIONS:
         errors.append(Problem(pointer("hyperparams", "rope_scaling", "factor"),
-                              f"seq_len {hp.seq_len} x factor {factor:g} exceeds {MAX_POSITIONS:,} positions"))
-    if hp.max_position_embeddings is not None and hp.max_position_embeddings < hp.seq_len:
-        errors.append(Problem(pointer("hyperparams", "max_position_embeddings"), f"{hp.max_position_embeddings} is shorter than seq_len {hp.seq_len}"))
-    scaling = hp.rope_scaling
+                              f"seq_len {hyperparams.seq_len} x factor {factor:g} exceeds {MAX_POSITIONS:,} positions"))
+    if hyperparams.max_position_embeddings is not None and hyperparams.max_position_embeddings < hyperparams.seq_len:
+        errors.append(Problem(pointer("hyperparams", "max_position_embeddings"), f"{hyperparams.max_position_embeddings} is shorter than seq_len {hyperparams.seq_len}"))
+    scaling = hyperparams.rope_scaling
     if scaling is not None and scaling.type == "yarn" and scaling.beta_fast <= scaling.beta_slow:
         errors.append(Problem(pointer("hyperparams", "rope_scaling", "beta_fast"),
                               f"beta_fast {scaling.beta_fast:g} must be larger than beta_slow {scaling.beta_slow:g}",
                               "YaRN extrapolates dimensions above beta_fast rotations and interpolates below beta_slow"))
-    if hp.rope_scaling is not None and hp.rope_scaling.type != "none" and spec.backbone.positional_encoding != "RoPE":
+    if hyperparams.rope_scaling is not None and hyperparams.rope_scaling.type != "none" and spec.backbone.positional_encoding != "RoPE":
         errors.append(Problem(pointer("hyperparams", "rope_scaling"), f"RoPE scaling set but positional_encoding is {spec.backbone.positional_encoding!r}"))
-    hidden = hp.mlp_ratio * hp.d_model
+    hidden = hyperparams.mlp_ratio * hyperparams.d_model
     if round(hidden) < 1:
         errors.append(Problem(pointer("hyperparams", "mlp_ratio"), f"mlp_ratio x d_model = {hidden:g} leaves the MLP with no hidden units"))
     elif abs(hidden - round(hidden)) > 1e-6:
