@@ -86,16 +86,88 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, schedule and the regularisation applied at every step."""
+
+    optimizer: Literal["AdamW", "Adam", "SGD"]
+    lr: float  # peak learning rate
+    betas: tuple[float, float]
+    weight_decay: float  # decoupled; never applied to norms and embeddings
+    scheduler: Literal["cosine", "linear", "constant"]
+    warmup: int  # linear warmup steps
+    min_lr_ratio: float  # the decay ends at this share of the peak
+    max_steps: int | None  # None: the epochs decide
+    batch_size: int  # sequences per optimizer step
+    grad_clip: float | None  # global gradient-norm clip; None disables
+    label_smoothing: float
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    enabled: bool
+    datasets: tuple[str, ...]
+    epochs: int
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    enabled: bool
+    beta: float
+    reference_model: str  # 'base_model': the stage's frozen input model
+    pair_source: str
+    loss: Literal["sigmoid", "hinge", "ipo"]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    enabled: bool
+    kind: Literal["logit", "hidden"]
+    teacher: str
+    teacher_spec: Path | None  # the teacher's spec file, when distillation is on and it was found
+    loss: Literal["KL", "reverse_KL", "MSE"]
+    temperature: float
+    alpha: float  # weight of the distillation loss against the hard-label loss
+    layers: tuple[int, ...]
+    reasoning_token_masking: bool
+    reasoning_token_weight: float
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How the spec says to train: the optimizer and each technique's settings."""
+
+    optim: OptimConfig
+    sft: SFTConfig
+    dpo: DPOConfig
+    distill: DistillConfig
+
+
+@dataclass(frozen=True)
+class TrainingOverrides:
+    """Values given on the command line; each wins over the spec and is recorded as `cli: --flag`."""
+
+    lr: float | None = None
+    batch_size: int | None = None
+    max_steps: int | None = None
+    warmup: int | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    label_smoothing: float | None = None
+    epochs: int | None = None
+    dpo_beta: float | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
 class ResolvedSpec:
     """A spec with every value concrete. `provenance` maps each field path (e.g.
-    'model.d_model') to where its value came from: 'spec:/hyperparams/d_model', 'default',
-    'derived: mlp_ratio x d_model' or 'variant: MoE'."""
+    'model.d_model', 'training.optim.lr') to where its value came from: 'spec:/hyperparams/d_model',
+    'default', 'derived: mlp_ratio x d_model', 'variant: MoE' or 'cli: --lr'."""
 
     name: str
     variant: str | None
     model: ModelConfig
-    spec: Spec | None  # the validated spec as written (training sections, declared numbers); None when rebuilt from config.json
-    reasoning_token_masking: bool
-    teacher_spec: Path | None
+    spec: Spec | None  # the validated spec as written (declared numbers, ablation); None when rebuilt from config.json
+    training: TrainingConfig | None  # None when rebuilt from an exported config.json
     provenance: dict[str, str] = field(default_factory=dict)
     warnings: tuple[Problem, ...] = ()

@@ -177,8 +177,6 @@ def _resolved_value(resolved: ResolvedSpec, key: str) -> Any:
     if key == "model.mlp":
         return "moe" if resolved.model.moe is not None else "dense"
     obj: Any = resolved
-    if key.startswith("training."):  # training values sit on the ResolvedSpec itself
-        key = key.split(".", 1)[1]
     for part in key.split("."):
         obj = getattr(obj, part, None)
         if obj is None:

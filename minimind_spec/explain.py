@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from .errors import pointer
 from .config import ResolvedSpec
 
-TRAINING_SECTIONS = ("regularization", "optim", "techniques")
+UNRESOLVED_SECTIONS = (("techniques", "adapters"), ("techniques", "quant"))
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
     return [(prefix, list(value) if isinstance(value, tuple) else value)]
 
 
-def _model_provenance(key: str, provenance: dict[str, str]) -> str:
+def _provenance(key: str, provenance: dict[str, str]) -> str:
     probe = key
     while probe:
         if probe in provenance:
@@ -57,19 +57,21 @@ def _spec_rows(section: BaseModel, path: tuple[str, ...]) -> list[ExplainRow]:
 def explain_rows(resolved: ResolvedSpec) -> list[ExplainRow]:
     rows = [ExplainRow("name", resolved.name, "spec:/model_name"),
             ExplainRow("variant", resolved.variant or "base", "command line" if resolved.variant else "default")]
-    model = dataclasses.asdict(resolved.model)
-    for key, value in _flatten("model", model):
-        rows.append(ExplainRow(key, value, _model_provenance(key, resolved.provenance)))
+    for key, value in _flatten("model", dataclasses.asdict(resolved.model)):
+        rows.append(ExplainRow(key, value, _provenance(key, resolved.provenance)))
+    if resolved.training is not None:
+        for key, value in _flatten("training", dataclasses.asdict(resolved.training)):
+            shown = str(value) if key == "training.distill.teacher_spec" and value is not None else value
+            rows.append(ExplainRow(key, shown, _provenance(key, resolved.provenance)))
     spec = resolved.spec
     if spec is None:  # rebuilt from an exported config.json: only the model values exist
         return rows
-    for section in TRAINING_SECTIONS:
-        rows += _spec_rows(getattr(spec, section), (section,))
+    for path in UNRESOLVED_SECTIONS:
+        section = spec
+        for part in path:
+            section = getattr(section, part)
+        rows += _spec_rows(section, path)
     rows.append(ExplainRow("tricks", list(spec.tricks), "spec:/tricks" if "tricks" in spec.model_fields_set else "default"))
-    rows.append(ExplainRow("training.reasoning_token_masking", resolved.reasoning_token_masking,
-                           resolved.provenance.get("training.reasoning_token_masking", "default")))
-    rows.append(ExplainRow("training.teacher_spec", str(resolved.teacher_spec) if resolved.teacher_spec else None,
-                           "derived: techniques.distill.teacher" if resolved.teacher_spec else "default"))
     return rows
 
 

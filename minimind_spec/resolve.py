@@ -4,7 +4,9 @@ Provenance says where each value came from: the spec (`spec:/hyperparams/d_model
 documented default (`default`), a derivation (`derived: mlp_ratio x d_model`), or the
 variant being built (`variant: MoE`). Variants are applied here: the base build is the
 dense model; `variant="MoE"` makes every MLP a mixture of experts, and
-`variant="Flash Attention"` selects the flash-attn2 backend. Defaults are read from the
+`variant="Flash Attention"` selects the flash-attn2 backend. Training values (optim,
+regularization, techniques) resolve the same way, and command-line overrides
+(`TrainingOverrides`) win over the spec, recorded as `cli: --flag`. Defaults are read from the
 schema models, never repeated here as numbers.
 """
 
@@ -15,7 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .config import AttentionBackendName, LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig
+from .config import (
+    AttentionBackendName, DistillConfig, DPOConfig, LoRAConfig, ModelConfig, MoEConfig, OptimConfig, ResolvedSpec, RopeConfig,
+    SFTConfig, TrainingConfig, TrainingOverrides,
+)
 from .errors import Problem, SpecError, pointer
 from .schema import Spec, YarnRopeScaling
 
@@ -27,8 +32,12 @@ class _Recorder:
         self.provenance: dict[str, str] = {}
 
     def take(self, key: str, section: BaseModel, field: str, path: tuple[str, ...], fallback: Any = None,
-             why: str | None = None) -> Any:
-        """The spec's value if the user set it, else `fallback` (derived, with `why`) or the field default."""
+             why: str | None = None, cli: tuple[str, Any] | None = None) -> Any:
+        """The command line's value (`cli` = (flag, value or None)) if given, else the spec's value
+        if the user set it, else `fallback` (derived, with `why`) or the field default."""
+        if cli is not None and cli[1] is not None:
+            self.provenance[key] = f"cli: {cli[0]}"
+            return cli[1]
         if field in section.model_fields_set:
             self.provenance[key] = "spec:" + pointer(*path, field)
             return getattr(section, field)
@@ -157,17 +166,81 @@ def _resolve_model(spec: Spec, variant: str | None, record: _Recorder) -> ModelC
     )
 
 
-def resolve(spec: Spec, variant: str | None = None) -> ResolvedSpec:
-    """Make every value of `spec` concrete, building the named variant (None: `backbone.build_variant`, else the base model)."""
+def _resolve_optim(spec: Spec, record: _Recorder, cli: TrainingOverrides) -> OptimConfig:
+    optim, opath = spec.optim, ("optim",)
+    reg, rpath = spec.regularization, ("regularization",)
+    return OptimConfig(
+        optimizer=record.take("training.optim.optimizer", optim, "optimizer", opath),
+        lr=record.take("training.optim.lr", optim, "lr", opath, cli=("--lr", cli.lr)),
+        betas=tuple(record.take("training.optim.betas", optim, "betas", opath)),  # type: ignore[arg-type]
+        weight_decay=record.take("training.optim.weight_decay", reg, "weight_decay", rpath,
+                                 cli=("--weight-decay", cli.weight_decay)),
+        scheduler=record.take("training.optim.scheduler", optim, "scheduler", opath),
+        warmup=record.take("training.optim.warmup", optim, "warmup", opath, cli=("--warmup", cli.warmup)),
+        min_lr_ratio=record.take("training.optim.min_lr_ratio", optim, "min_lr_ratio", opath),
+        max_steps=record.take("training.optim.max_steps", optim, "max_steps", opath, cli=("--max-steps", cli.max_steps)),
+        batch_size=record.take("training.optim.batch_size", optim, "batch_size", opath, cli=("--batch-size", cli.batch_size)),
+        grad_clip=record.take("training.optim.grad_clip", reg, "grad_clip", rpath, cli=("--grad-clip", cli.grad_clip)),
+        label_smoothing=record.take("training.optim.label_smoothing", reg, "label_smoothing", rpath,
+                                    cli=("--label-smoothing", cli.label_smoothing)),
+    )
+
+
+def _resolve_training(spec: Spec, record: _Recorder, cli: TrainingOverrides) -> TrainingConfig:
+    tech = spec.techniques
+    sft, spath = tech.sft, ("techniques", "sft")
+    dpo, dpath = tech.dpo, ("techniques", "dpo")
+    distill, kpath = tech.distill, ("techniques", "distill")
+    origin = spec.origin
+    teacher_spec = origin.teacher_spec if origin is not None and distill.enabled else None
+    if teacher_spec is None:
+        how = "default (distillation off, or no teacher spec found)"
+    elif distill.teacher_spec is not None:
+        how = "spec:" + pointer(*kpath, "teacher_spec") + " (relative to the file that sets it)"
+    else:
+        how = f"derived: {distill.teacher}.json beside the spec that names the teacher"
+    record.set("training.distill.teacher_spec", str(teacher_spec) if teacher_spec else None, how)
+    return TrainingConfig(
+        optim=_resolve_optim(spec, record, cli),
+        sft=SFTConfig(
+            enabled=record.take("training.sft.enabled", sft, "enabled", spath),
+            datasets=tuple(record.take("training.sft.datasets", sft, "datasets", spath)),
+            epochs=record.take("training.sft.epochs", sft, "epochs", spath, cli=("--epochs", cli.epochs)),
+        ),
+        dpo=DPOConfig(
+            enabled=record.take("training.dpo.enabled", dpo, "enabled", dpath),
+            beta=record.take("training.dpo.beta", dpo, "beta", dpath, cli=("--dpo-beta", cli.dpo_beta)),
+            reference_model=record.take("training.dpo.reference_model", dpo, "reference_model", dpath),
+            pair_source=record.take("training.dpo.pair_source", dpo, "pair_source", dpath),
+            loss=record.take("training.dpo.loss", dpo, "loss", dpath),
+        ),
+        distill=DistillConfig(
+            enabled=record.take("training.distill.enabled", distill, "enabled", kpath),
+            kind=record.take("training.distill.kind", distill, "type", kpath),
+            teacher=record.take("training.distill.teacher", distill, "teacher", kpath),
+            teacher_spec=teacher_spec,
+            loss=record.take("training.distill.loss", distill, "loss", kpath),
+            temperature=record.take("training.distill.temperature", distill, "temperature", kpath,
+                                    cli=("--temperature", cli.temperature)),
+            alpha=record.take("training.distill.alpha", distill, "alpha", kpath),
+            layers=tuple(record.take("training.distill.layers", distill, "layers", kpath)),
+            reasoning_token_masking=record.take(
+                "training.distill.reasoning_token_masking", distill, "reasoning_token_masking", kpath,
+                "reasoning-token-masking" in spec.tricks, _trick_clause(spec, "reasoning-token-masking")),
+            reasoning_token_weight=record.take("training.distill.reasoning_token_weight", distill, "reasoning_token_weight", kpath),
+        ),
+    )
+
+
+def resolve(spec: Spec, variant: str | None = None, overrides: TrainingOverrides | None = None) -> ResolvedSpec:
+    """Make every value of `spec` concrete, building the named variant (None: `backbone.build_variant`,
+    else the base model), with command-line `overrides` winning over the spec's training values."""
     record = _Recorder()
     variant = _choose_variant(spec, variant, record)
     model = _resolve_model(spec, variant, record)
-    distill = spec.techniques.distill
-    masking = record.take("training.reasoning_token_masking", distill, "reasoning_token_masking", ("techniques", "distill"),
-                          "reasoning-token-masking" in spec.tricks, _trick_clause(spec, "reasoning-token-masking"))
+    training = _resolve_training(spec, record, overrides or TrainingOverrides())
     origin = spec.origin
     return ResolvedSpec(
-        name=spec.model_name, variant=variant, model=model, spec=spec, reasoning_token_masking=masking,
-        teacher_spec=origin.teacher_spec if origin is not None else None, provenance=record.provenance,
+        name=spec.model_name, variant=variant, model=model, spec=spec, training=training, provenance=record.provenance,
         warnings=origin.warnings if origin is not None else (),
     )

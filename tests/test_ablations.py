@@ -124,7 +124,7 @@ def test_training_only_ablations_leave_the_graph_alone(name: str, path: str, old
     assert not result.identical
     if name == "no_reasoning_masking":
         assert field_paths(result) == [path, "/tricks"]
-        assert [(r.key, r.old, r.new) for r in result.resolved] == [("training.reasoning_token_masking", True, False)]
+        assert [(r.key, r.old, r.new) for r in result.resolved] == [("training.distill.reasoning_token_masking", True, False)]
     else:
         assert field_paths(result) == [path] and not result.resolved
 

@@ -87,8 +87,8 @@ def test_explain_shows_provenance():
     result = run("explain", SPEC, "--json")
     values = json.loads(result.stdout)["values"]
     assert values["model.mlp_hidden"] == {"value": 1536, "provenance": "derived: mlp_ratio x d_model"}
-    assert values["optim.lr"]["provenance"] == "spec:/optim/lr"
-    assert values["optim.max_steps"]["provenance"] == "default"
+    assert values["training.optim.lr"]["provenance"] == "spec:/optim/lr"
+    assert values["training.optim.max_steps"]["provenance"] == "default"
     text = run("explain", SPEC)
     assert text.exit_code == 0 and "provenance" in text.output
 

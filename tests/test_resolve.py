@@ -7,6 +7,7 @@ import math
 import pytest
 
 from minimind_spec import SpecError, load_spec, resolve
+from minimind_spec.config import TrainingOverrides
 
 from .conftest import SPEC
 
@@ -39,7 +40,34 @@ def test_defaults_are_marked_default(card):
 def test_tricks_drive_derived_switches(card):
     assert card.model.attention_backend == "flash-attn2"
     assert "flash-attn2" in card.provenance["model.attention_backend"]
-    assert card.reasoning_token_masking is True
+    assert card.training.distill.reasoning_token_masking is True
+
+
+def test_training_values_come_from_optim_regularization_and_techniques(card):
+    optim = card.training.optim
+    assert (optim.lr, optim.betas, optim.weight_decay, optim.warmup, optim.grad_clip) == (1e-4, (0.9, 0.95), 0.01, 100, 1.0)
+    assert card.provenance["training.optim.weight_decay"] == "spec:/regularization/weight_decay"
+    assert optim.min_lr_ratio == 0.1 and card.provenance["training.optim.min_lr_ratio"] == "default"
+    assert optim.batch_size == 8 and card.provenance["training.optim.batch_size"] == "default"
+    assert card.training.sft.epochs == 3 and card.training.sft.datasets == ("reasoning_data",)
+    assert card.training.dpo.beta == 0.1 and card.training.distill.temperature == 2.0
+    assert card.training.distill.alpha == 0.5 and card.provenance["training.distill.alpha"] == "default"
+
+
+def test_the_teacher_spec_says_where_it_was_found(card):
+    assert card.training.distill.teacher_spec == SPEC.parent / "larger_model.json"
+    assert card.provenance["training.distill.teacher_spec"] == "derived: larger_model.json beside the spec that names the teacher"
+
+
+def test_command_line_overrides_win_and_say_so():
+    overrides = TrainingOverrides(lr=3e-4, batch_size=16, max_steps=50, epochs=1, dpo_beta=0.5, grad_clip=0.5)
+    resolved = resolve(load_spec(SPEC), overrides=overrides)
+    optim = resolved.training.optim
+    assert (optim.lr, optim.batch_size, optim.max_steps, optim.grad_clip) == (3e-4, 16, 50, 0.5)
+    assert resolved.training.sft.epochs == 1 and resolved.training.dpo.beta == 0.5
+    assert resolved.provenance["training.optim.lr"] == "cli: --lr"
+    assert resolved.provenance["training.dpo.beta"] == "cli: --dpo-beta"
+    assert resolved.provenance["training.optim.warmup"] == "spec:/optim/warmup"  # not overridden: the spec's
 
 
 def test_base_build_is_dense(card):

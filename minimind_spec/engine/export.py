@@ -132,7 +132,7 @@ def load_model_files(out_dir: Path, device: str = "cpu") -> torch.nn.Module:
     config = json.loads((out_dir / CONFIG_FILE).read_text())
     ours = config["minimind_spec"]
     resolved = ResolvedSpec(name=ours["name"], variant=ours["variant"], model=_model_config(ours["model"]),
-                            spec=None, reasoning_token_masking=False, teacher_spec=None)
+                            spec=None, training=None)
     model = compile_model(resolved, device=device)
     weights = out_dir / WEIGHTS_FILE
     if not weights.is_file():

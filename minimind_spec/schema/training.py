@@ -29,6 +29,8 @@ class Optim(SpecModel):
     lr: PositiveFloat = Field(default=1e-4, description="Peak learning rate.")
     warmup: NonNegativeInt = Field(default=0, description="Linear warmup steps; must be shorter than max_steps when that is set.")
     scheduler: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Decay after warmup.")
+    min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.1, description="Where the cosine or linear decay ends, as a share of the peak lr (0.1: ten percent).")
     max_steps: PositiveInt | None = Field(default=None, description="Length of a run in optimizer steps; null lets epochs decide.")
     batch_size: PositiveInt = Field(default=8, description="Sequences per optimizer step (the card's recipes use 8).")
 
