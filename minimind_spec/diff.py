@@ -30,7 +30,7 @@ from pydantic_core import to_jsonable_python
 
 from .config import ResolvedSpec
 from .errors import pointer
-from .graph import Costs, OpNode, attrs_dict, build_graph, graph_costs, nodes
+from .graph import Costs, OpNode, attrs_dict, build_graph, default_trainable_roles, graph_costs, nodes
 from .loader import load_spec
 from .resolve import resolve
 from .schema import Spec
@@ -223,10 +223,12 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _node_detail(a: OpNode, b: OpNode) -> str:
+def _node_detail(a: OpNode, b: OpNode, trains_a: bool, trains_b: bool) -> str:
     parts = []
     if a.op != b.op:
         parts.append(f"{a.op} -> {b.op}")
+    if trains_a != trains_b:
+        parts.append(f"trainable {_show(trains_a)} -> {_show(trains_b)}")
     for name in ("out_shape", "in_shapes", "params", "role", "tied_to"):
         old, new = getattr(a, name), getattr(b, name)
         if old != new:
@@ -246,6 +248,7 @@ def _summary(op: OpNode) -> str:
 
 def node_changes(ga: nx.DiGraph, gb: nx.DiGraph) -> list[NodeChange]:
     na, nb = {n.id: n for n in nodes(ga)}, {n.id: n for n in nodes(gb)}
+    roles_a, roles_b = default_trainable_roles(ga), default_trainable_roles(gb)
     groups: dict[tuple[str, str, str], list[str]] = {}
     for node_id, op in na.items():
         if node_id not in nb:
@@ -253,7 +256,8 @@ def node_changes(ga: nx.DiGraph, gb: nx.DiGraph) -> list[NodeChange]:
     for node_id, op in nb.items():
         if node_id not in na:
             groups.setdefault((pattern(node_id), "added", _summary(op)), []).append(node_id)
-        elif detail := _node_detail(na[node_id], op):
+        elif detail := _node_detail(na[node_id], op, bool(na[node_id].params) and na[node_id].role in roles_a,
+                                    bool(op.params) and op.role in roles_b):
             groups.setdefault((pattern(node_id), "changed", detail), []).append(node_id)
     return [NodeChange(p, change, detail, tuple(ids)) for (p, change, detail), ids in groups.items()]
 

@@ -14,7 +14,7 @@ import torch
 
 from minimind_spec import build_graph, compile_model, load_spec, resolve
 from minimind_spec.engine import load_model_files, write_model_files
-from minimind_spec.graph import default_trainable_roles
+from minimind_spec.graph import ParamRole
 from minimind_spec.graph import nodes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def test_graph_nodes_with_parameters_are_the_modules_with_parameters(tmp_path, d
         op = by_id.get(name)
         if op is not None and op.params:
             assert sum(p.numel() for p in module.parameters(recurse=False)) == op.params, name
-            trains = op.role in default_trainable_roles(graph)
+            trains = op.role == ParamRole.LORA if resolved.model.lora is not None else True  # the spec's LoRA freezes the base
             assert all(p.requires_grad == trains for p in module.parameters(recurse=False)), name
     total = sum(op.params for op in nodes(graph))
     assert sum(p.numel() for p in model.parameters()) == total
@@ -180,3 +180,27 @@ def test_forward_past_max_positions_is_a_clear_error(write_spec):
     model = compile_model(resolve(load_spec(write_spec())), seed=0)  # TINY: seq_len 32
     with pytest.raises(ValueError, match="exceed max_position_embeddings"):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_config_versions_load_or_are_refused(tmp_path):
+    from minimind_spec import SpecError
+
+    resolved = resolve(load_spec(write(tmp_path, TINY)))
+    write_model_files(resolved, tmp_path / "out", seed=0)
+    config_path = tmp_path / "out" / "config.json"
+    config = json.loads(config_path.read_text())
+    reference = load_model_files(tmp_path / "out").state_dict()
+
+    old = copy.deepcopy(config)  # as version 1 wrote it: two fields that version 2 dropped
+    old["minimind_spec"]["format_version"] = 1
+    old["minimind_spec"]["model"] |= {"label_smoothing": 0.0, "static_kv_cache": False}
+    config_path.write_text(json.dumps(old))
+    loaded = load_model_files(tmp_path / "out").state_dict()
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+
+    for change in ({"format_version": 99}, {"model": {**config["minimind_spec"]["model"], "surprise": 1}}):
+        bad = copy.deepcopy(config)
+        bad["minimind_spec"] |= change
+        config_path.write_text(json.dumps(bad))
+        with pytest.raises(SpecError):
+            load_model_files(tmp_path / "out")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -83,7 +84,7 @@ def related(problem_path: str, message: str, touched: list[str]) -> bool:
         if problem_path == path or problem_path.startswith(path + "/") or path.startswith(problem_path + "/") or not problem_path:
             return True
         field = path.rsplit("/", 1)[-1]
-        if field and not field.isdigit() and field in message:
+        if len(field) >= 3 and not field.isdigit() and re.search(rf"(?<![\w]){re.escape(field)}(?![\w])", message):
             return True
     return False
 

@@ -1,4 +1,4 @@
-"""Validation: schema errors with JSON paths and suggestions, editor parity, semantic checks."""
+"""Validation: schema errors with JSON paths and suggestions, editor parity, cross-field rules."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def test_the_shipped_spec_passes_the_json_schema():
     assert schema_problems(card_data()) == []
 
 
-# ----- semantic checks, one test each -----
+# ----- cross-field rules, one test each -----
 
 def test_d_model_must_divide_by_heads(write_spec):
     problems = problems_of(write_spec, hyperparams={"n_heads": 5})

@@ -1,7 +1,7 @@
 """Training objectives as pure functions on tensors (no modules, no optimizer state).
 
-A stage runner of the engine computes the model outputs it needs and calls one of these;
-the training loop never changes when an objective is added.
+They take model outputs (logits, masks, weights) and return losses or log-probabilities,
+so a training stage picks its objective without the training loop changing.
 """
 
 from .causal_lm import IGNORE_INDEX, causal_lm_loss, sequence_log_probs, shift_labels, token_log_probs

@@ -2,8 +2,8 @@
 
 Labels are aligned with the input ids (as in Hugging Face): position t predicts `labels[:, t + 1]`,
 and a label of `IGNORE_INDEX` (-100) is not trained on (prompt, padding, a packed row's
-boundary). Stage runners call these with the masks their data reader builds; the model's
-`forward(labels=...)` calls `causal_lm_loss` for convenience.
+boundary). The model's `forward(labels=...)` calls `causal_lm_loss` for convenience;
+training code calls these directly, with its own masks and weights.
 
 - `causal_lm_loss`: mean cross-entropy over the trained positions, with optional label
   smoothing and per-token weights (a weighted mean: sum(w * loss) / sum(w), so a weight is
@@ -40,12 +40,14 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothin
     """Mean next-token cross-entropy over the positions whose label is not IGNORE_INDEX.
 
     logits: (B, T, V); labels: (B, T) aligned with the inputs; token_weights: (B, T) aligned
-    with the labels (the weight of predicting `labels[:, t]`), or None for equal weights."""
+    with the labels (the weight of predicting `labels[:, t]`; negative weights count as 0), or
+    None for equal weights. A batch with no trained position gives 0, not NaN."""
     targets = shift_labels(labels)  # (B, T)
     if token_weights is None:
         flat = logits.float().reshape(-1, logits.shape[-1])  # (B*T, V)
-        return F.cross_entropy(flat, targets.reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX,
-                               label_smoothing=label_smoothing)
+        total = F.cross_entropy(flat, targets.reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX,
+                                label_smoothing=label_smoothing, reduction="sum")
+        return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
     losses = _per_token_loss(logits, targets, label_smoothing)  # (B, T)
     weights = shift_labels(token_weights.to(losses.dtype)).clamp(min=0.0) * (targets != IGNORE_INDEX)  # (B, T)
     return (losses * weights).sum() / weights.sum().clamp(min=torch.finfo(losses.dtype).tiny)

@@ -13,7 +13,7 @@ from ..loader import load_spec
 from ..render import render
 from ..resolve import resolve
 from .app import app, console, err_console, guarded, print_json, spec_errors
-from .options import SpecPath, Variant
+from .options import AsJson, SpecPath, Variant
 
 MERMAID_MAX_EDGES = 500  # mermaid's default `maxEdges`; GitHub renders with the defaults
 
@@ -47,7 +47,7 @@ def render_command(
 def diff_command(
     spec_a: Annotated[Path, typer.Argument(help="The old spec (e.g. spec/minimind.json).", show_default=False)],
     spec_b: Annotated[Path, typer.Argument(help="The new spec (e.g. spec/ablations/lora_rank4.json).", show_default=False)],
-    json_output: Annotated[bool, typer.Option("--json", help="Print the diff as JSON.")] = False,
+    json_output: AsJson = False,
     fmt: Annotated[Literal["text", "mermaid"], typer.Option(
         "--format", "-f", help="text (the report), or mermaid: the new graph with changed nodes highlighted.")] = "text",
     variant_a: Annotated[str | None, typer.Option("--variant-a", help="Variant of the old spec to build, e.g. MoE.", show_default=False)] = None,

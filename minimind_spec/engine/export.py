@@ -19,11 +19,12 @@ import torch
 
 from ..config import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig
 from ..errors import Problem, SpecError
-from .compile import compile_model
+from .compile import INIT_STD, compile_model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 2  # 2: ModelConfig without label_smoothing and static_kv_cache (version 1 files still load)
+REMOVED_IN_VERSION_2 = ("label_smoothing", "static_kv_cache")
 
 
 def _hf_rope(c: ModelConfig) -> tuple[float, dict[str, Any] | None]:
@@ -66,7 +67,7 @@ def model_config_dict(resolved: ResolvedSpec) -> dict[str, Any]:
         "attention_bias": False,
         "mlp_bias": False,
         "attention_dropout": c.dropout,
-        "initializer_range": 0.02,
+        "initializer_range": INIT_STD,
         "torch_dtype": "float32",
         "minimind_spec": {
             "format_version": FORMAT_VERSION,
@@ -114,9 +115,17 @@ def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu"
     return written
 
 
-def _model_config(data: dict[str, Any]) -> ModelConfig:
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    fields = {key: value for key, value in data.items() if key in known}  # drops fields older versions wrote
+def _model_config(data: dict[str, Any], version: int, source: Path) -> ModelConfig:
+    if version > FORMAT_VERSION:
+        raise SpecError(Problem("", f"{source} was written by a newer minimind-spec (format {version}; this one reads "
+                                    f"up to {FORMAT_VERSION})", "upgrade minimind-spec"))
+    fields = dict(data)
+    if version < 2:
+        for key in REMOVED_IN_VERSION_2:
+            fields.pop(key, None)
+    unknown = set(fields) - {f.name for f in dataclasses.fields(ModelConfig)}
+    if unknown:
+        raise SpecError(Problem("", f"{source}: unknown model fields {sorted(unknown)} for format {version}"))
     fields["rope_scaling"] = RopeConfig(**fields["rope_scaling"])
     fields["moe"] = MoEConfig(**fields["moe"]) if fields["moe"] is not None else None
     if fields["lora"] is not None:
@@ -131,7 +140,7 @@ def load_model_files(out_dir: Path, device: str = "cpu") -> torch.nn.Module:
     out_dir = Path(out_dir)
     config = json.loads((out_dir / CONFIG_FILE).read_text())
     ours = config["minimind_spec"]
-    resolved = ResolvedSpec(name=ours["name"], variant=ours["variant"], model=_model_config(ours["model"]),
+    resolved = ResolvedSpec(name=ours["name"], variant=ours["variant"], model=_model_config(ours["model"], ours.get("format_version", 1), out_dir / CONFIG_FILE),
                             spec=None, training=None)
     model = compile_model(resolved, device=device)
     weights = out_dir / WEIGHTS_FILE

@@ -2,8 +2,9 @@
 
 Every graph node that owns parameters has a `ParamRole` (embedding, attention, mlp, router,
 norm, head, lora) and an id equal to its module's qualified name, so a role set maps onto
-exactly the model's tensors. A stage calls `set_trainable(model, graph, roles)`; nothing
-about trainability is fixed when the model is built. `parameters_by_role` serves optimizer
+exactly the model's tensors. `set_trainable(model, graph, roles)` can be called at any time
+(by `compile_graph` for the default, and again for each training stage); nothing about
+trainability is fixed when the model is built. `parameters_by_role` serves optimizer
 grouping (no weight decay on norms and embeddings).
 """
 

@@ -7,7 +7,7 @@ under the key "node": op type, typed attributes (every argument its builder need
 shapes such as `(B, T, 512)`, parameter count and role, and forward FLOPs per token. Edges
 carry the shape that flows along them and an `EdgeKind`.
 
-The same graph serves build reports, checks, rendering, diffs, the compiler and the plan.
+The same graph serves build reports, checks, rendering, diffs, the compiler and the training plan.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class _GraphBuilder:
                 id=f"{node_id}.lora", op=OpType.LORA, in_shapes=(in_shape,), out_shape=out_shape, params=lora_params,
                 flops=round(2 * lora_params * fraction), layer=layer, role=ParamRole.LORA, token_fraction=fraction,
                 attrs=LoRAAttrs(in_features=n_in, out_features=n_out, rank=lora.rank, alpha=lora.alpha,
-                                dropout=lora.dropout, target=node_id),
+                                scaling=lora.scaling, dropout=lora.dropout, target=node_id),
             ), src, kind=EdgeKind.ADAPTER)
         in_shapes = (in_shape, out_shape) if adapter else (in_shape,)
         self.add(OpNode(id=node_id, op=OpType.LINEAR, in_shapes=in_shapes, out_shape=out_shape, params=params,

@@ -1,7 +1,7 @@
 """Cost figures read off the module graph: parameters, FLOPs, KV cache and activations.
 
 Used by `build` (the summary), `diff` (cost deltas), the declared-vs-compiled check and the
-plan. Parameters are counted once per tensor: a tied lm_head adds none. Which parameters
+training plan (`plan.py`). Parameters are counted once per tensor: a tied lm_head adds none. Which parameters
 count as trainable depends on the parameter roles a stage trains (`trainable_roles`); by
 default, as the spec describes it: only the LoRA adapters when LoRA is on, else everything.
 """

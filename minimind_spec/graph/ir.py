@@ -132,12 +132,9 @@ class LoRAAttrs:
     out_features: int
     rank: int
     alpha: float
+    scaling: float  # alpha / rank: the factor on B A x
     dropout: float
     target: str  # id of the projection this adapter adds to
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.rank
 
 
 @dataclass(frozen=True)

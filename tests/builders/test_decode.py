@@ -1,4 +1,4 @@
-"""The decode fast path (`builders.decode`): packed, fused weights give the same tokens as
+"""The decode fast path (`builders.inference.decode`): packed, fused weights give the same tokens as
 the plain cached forward and as re-running the whole sequence, for every layout it packs
 (dense, GQA, untied head, unmerged LoRA, MoE falling back to its module, learned positions
 with LayerNorm); the pack follows the parameters (an optimizer step repacks); sampling with a

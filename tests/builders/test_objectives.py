@@ -82,12 +82,14 @@ def test_token_and_sequence_log_probs(batch):
         assert float(log_probs[b][~mask[b]].abs().sum()) == 0.0
 
 
-def test_all_ignored_is_not_nan():
-    logits = torch.randn(1, 3, V)
+def test_all_ignored_is_zero_not_nan():
+    logits = torch.randn(1, 3, V, requires_grad=True)
     labels = torch.full((1, 3), IGNORE_INDEX)
-    weights = torch.ones(1, 3)
-    assert float(causal_lm_loss(logits, labels, token_weights=weights)) == 0.0
+    assert float(causal_lm_loss(logits, labels)) == 0.0
+    assert float(causal_lm_loss(logits, labels, token_weights=torch.ones(1, 3))) == 0.0
     assert float(sequence_log_probs(logits, labels, average=True)[0]) == 0.0
+    causal_lm_loss(logits, labels).backward()  # still differentiable: a step on an all-padding batch is a no-op
+    assert float(logits.grad.abs().sum()) == 0.0
 
 
 def test_uniform_distribution_gives_log_vocab():
@@ -96,13 +98,13 @@ def test_uniform_distribution_gives_log_vocab():
     assert float(causal_lm_loss(logits, labels)) == pytest.approx(math.log(V))
 
 
-def test_model_loss_equals_the_objective_on_its_logits(tiny):
+def test_model_loss_is_the_next_token_cross_entropy_by_hand(tiny):
     model = compile_model(tiny(), seed=0)
     input_ids = torch.randint(0, 128, (2, 12))
     labels = input_ids.clone()
     labels[:, :4] = IGNORE_INDEX
     out = model(input_ids, labels=labels)
-    assert torch.equal(out.loss, causal_lm_loss(out.logits, labels))
+    assert float(out.loss) == pytest.approx(by_hand(out.logits.detach(), labels), rel=1e-5)
 
 
 def test_hidden_states_match_hf_llama(tiny):
