@@ -5,6 +5,7 @@ from __future__ import annotations
 from .app import app
 from . import spec_commands  # noqa: F401  (validate, explain, schema, build)
 from . import render_commands  # noqa: F401  (render, diff)
+from . import train_commands  # noqa: F401  (train)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from ..pipeline import BuildResult
 from .app import console, err_console, print_problems
 
 
-def _fmt_bytes(n: float) -> str:
+def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
@@ -71,8 +71,8 @@ def print_build_report(result: BuildResult, source: str) -> None:
         summary.add_row("trainable", f"{costs.trainable_params:,}")
     summary.add_row("frozen", f"{costs.frozen_params:,}")
     summary.add_row("forward FLOPs / token", f"{costs.flops_per_token:,} (attention at seq_len {c.seq_len}; training ~3x)")
-    summary.add_row("KV cache / token", f"{_fmt_bytes(costs.kv_cache_bytes_per_token)} ({c.dtype}); {_fmt_bytes(costs.kv_cache_bytes_per_token * c.seq_len)} at seq_len {c.seq_len}")
-    summary.add_row("activations / sequence", f"{_fmt_bytes(costs.activation_bytes)} at seq_len {c.seq_len} ({c.dtype}, estimate)")
+    summary.add_row("KV cache / token", f"{fmt_bytes(costs.kv_cache_bytes_per_token)} ({c.dtype}); {fmt_bytes(costs.kv_cache_bytes_per_token * c.seq_len)} at seq_len {c.seq_len}")
+    summary.add_row("activations / sequence", f"{fmt_bytes(costs.activation_bytes)} at seq_len {c.seq_len} ({c.dtype}, estimate)")
     console.print(summary)
 
     if result.warnings:

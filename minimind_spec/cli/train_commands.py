@@ -1,0 +1,149 @@
+"""`train`: the training plan of a spec (`--plan`, front end only) and, later, the run itself."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.tree import Tree
+
+from ..config import TrainingOverrides
+from ..errors import Problem, SpecError
+from ..loader import load_spec
+from ..plan import STAGE_ORDER, PlanInputs, StagePlan, TrainingPlan, build_plan
+from ..resolve import resolve
+from .app import EXIT_USAGE, app, console, err_console, guarded, print_json
+from .options import AsJson, SpecPath, Variant
+from .reports import fmt_bytes
+
+
+
+def _opt(*names: str, help: str) -> Any:  # noqa: A002 - typer's own keyword
+    return typer.Option(*names, help=help, show_default=False)
+
+
+@app.command("train")
+@guarded
+def train_command(
+    spec: SpecPath,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the plan: every stage with its settings, where each came from, "
+                                       "and estimates. Reads no data, loads no weights, starts as fast as validate.")] = False,
+    as_json: AsJson = False,
+    variant: Variant = None,
+    stage: Annotated[list[str] | None, _opt("--stage", help="Only this stage (repeatable): pretrain, sft, distill, dpo.")] = None,
+    pretrain_data: Annotated[Path | None, _opt("--pretrain-data", "--pretrain_data", help='Pretraining JSONL ({"text": ...}).')] = None,
+    sft_data: Annotated[Path | None, _opt("--sft-data", "--sft_data", help='SFT JSONL ({"conversations": [...]}).')] = None,
+    distill_data: Annotated[Path | None, _opt("--distill-data", "--distill_data", help="Distillation JSONL (conversations).")] = None,
+    dpo_data: Annotated[Path | None, _opt("--dpo-data", "--dpo_data", help='Preference JSONL ({"chosen", "rejected"}).')] = None,
+    init: Annotated[Path | None, _opt("--init", help="Start from this checkpoint (a trained base): pretraining is skipped.")] = None,
+    teacher: Annotated[Path | None, _opt("--teacher", help="The distillation teacher's checkpoint (run directory).")] = None,
+    micro_batch: Annotated[int | None, _opt("--micro-batch", "--micro_batch", help="Sequences per forward pass; "
+                                            "the rest of the batch is gradient accumulation.")] = None,
+    tokens_per_s: Annotated[float | None, _opt("--tokens-per-s", "--tokens_per_s", help="Training throughput for the "
+                                               "wall-time estimate.")] = None,
+    lr: Annotated[float | None, _opt("--lr", help="Peak learning rate (overrides optim.lr).")] = None,
+    batch_size: Annotated[int | None, _opt("--batch-size", "--batch_size", help="Sequences per optimizer step.")] = None,
+    max_steps: Annotated[int | None, _opt("--max-steps", "--max_steps", help="Optimizer steps per stage.")] = None,
+    warmup: Annotated[int | None, _opt("--warmup", help="Linear warmup steps.")] = None,
+    weight_decay: Annotated[float | None, _opt("--weight-decay", "--weight_decay", help="AdamW weight decay.")] = None,
+    grad_clip: Annotated[float | None, _opt("--grad-clip", "--grad_clip", help="Clip the gradient norm to this.")] = None,
+    label_smoothing: Annotated[float | None, _opt("--label-smoothing", "--label_smoothing", help="Label smoothing.")] = None,
+    epochs: Annotated[int | None, _opt("--epochs", help="Passes over the fine-tuning data.")] = None,
+    dpo_beta: Annotated[float | None, _opt("--dpo-beta", "--dpo_beta", help="DPO beta.")] = None,
+    temperature: Annotated[float | None, _opt("--temperature", help="Distillation temperature.")] = None,
+) -> None:
+    """Plan (and later run) the spec's training: pretrain -> sft -> distill -> dpo, LoRA as the adapter mode.
+
+    Command-line values override the spec and show as `cli: --flag` provenance; where the spec is
+    silent, a stage takes the card's recipe (SFT batch 8, seq_len 1024, warmup 100; DPO grad_clip 1.0).
+    A stage without data (or teacher) is shown as blocked, with the flag that unblocks it.
+
+    Examples: `minimind-spec train spec/minimind.json --plan`,
+    `... --plan --sft-data data/sft.jsonl --max-steps 200 --tokens-per-s 5000`, `... --plan --json`.
+    """
+    unknown = [name for name in stage or [] if name not in STAGE_ORDER]
+    if unknown:
+        raise SpecError(Problem("", f"unknown stage {unknown[0]!r}", f"one of: {', '.join(STAGE_ORDER)}"))
+    overrides = TrainingOverrides(lr=lr, batch_size=batch_size, max_steps=max_steps, warmup=warmup, weight_decay=weight_decay,
+                                  grad_clip=grad_clip, label_smoothing=label_smoothing, epochs=epochs, dpo_beta=dpo_beta,
+                                  temperature=temperature)
+    data = {kind: path for kind, path in (("pretrain", pretrain_data), ("sft", sft_data), ("distill", distill_data),
+                                          ("dpo", dpo_data)) if path is not None}
+    inputs = PlanInputs(data=data, init=init, teacher=teacher, stages=tuple(stage) if stage else None,  # type: ignore[arg-type]
+                        micro_batch=micro_batch, tokens_per_s=tokens_per_s)
+    training_plan = build_plan(resolve(load_spec(spec), variant, overrides), inputs)
+    if not plan:
+        err_console.print("[red]error[/red] running training is not available in this version; "
+                          "`--plan` shows what each stage would run", markup=True)
+        raise typer.Exit(EXIT_USAGE)
+    if as_json:
+        print_json(plan_to_json(training_plan))
+        return
+    print_plan(training_plan, str(spec))
+
+
+def plan_to_json(training_plan: TrainingPlan) -> dict[str, Any]:
+    out = dataclasses.asdict(training_plan)
+    for stage, plan in zip(out["stages"], training_plan.stages):
+        stage["memory"]["total"] = plan.memory.total
+        stage["trainable_percent"] = round(plan.trainable_percent, 4)
+        stage["runnable"] = plan.blocked is None
+    return out
+
+
+def _flops(n: int | None) -> str:
+    return "?" if n is None else f"{n:.3g}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _stage_tree(index: int, plan: StagePlan) -> Tree:
+    status = "[green]runnable[/green]" if plan.blocked is None else f"[yellow]blocked: {plan.blocked} -> {plan.unblock}[/yellow]"
+    node = Tree(f"[bold]{index}. {plan.kind}[/bold]  {status}")
+    prov = plan.provenance
+    node.add(f"objective: {plan.objective}")
+    node.add(f"data: {plan.data or '-'}  [dim]({plan.data_format})[/dim]")
+    node.add(f"trains: {', '.join(plan.trainable_roles)}: {plan.trainable_params:,} of {plan.total_params:,} parameters "
+             f"({plan.trainable_percent:.2f}%), from {plan.init_from}  [dim]({prov['trainable_roles']})[/dim]")
+    if plan.frozen_model:
+        node.add(f"frozen: {plan.frozen_model}")
+    node.add(f"optimizer: {plan.optimizer}, lr {plan.lr:g} [dim]({prov['lr']})[/dim]; decay on {plan.decay_params:,}, "
+             f"none on {plan.no_decay_params:,} (norms, embeddings)")
+    node.add(f"schedule: {plan.schedule}  [dim](warmup: {prov['warmup']})[/dim]")
+    node.add(f"batch {plan.batch_size} [dim]({prov['batch_size']})[/dim] x seq_len {plan.seq_len} [dim]({prov['seq_len']})[/dim]; "
+             f"micro-batch {plan.micro_batch}, accumulation {plan.grad_accumulation}")
+    clip = "off" if plan.grad_clip is None else f"{plan.grad_clip:g}"
+    node.add(f"grad clip {clip} [dim]({prov['grad_clip']})[/dim], label smoothing {plan.label_smoothing:g}, {plan.precision}")
+    length = f"{plan.max_steps} steps" if plan.max_steps is not None else f"{plan.epochs} epoch{'s' if plan.epochs != 1 else ''}"
+    node.add(f"length: {length} [dim]({prov['epochs'] if plan.max_steps is None else 'max_steps'})[/dim]; eval: {plan.evaluation}")
+    return node
+
+
+def print_plan(training_plan: TrainingPlan, source: str) -> None:
+    title = f"{training_plan.name} ({training_plan.variant or 'base'}) from {source}"
+    tree = Tree(f"[bold]Training plan[/bold]: {title}, {len(training_plan.stages)} stages")
+    for i, plan in enumerate(training_plan.stages, 1):
+        tree.add(_stage_tree(i, plan))
+    console.print(tree)
+    table = Table(title="Estimates (tokens: steps x batch x seq_len; memory: fp32 weights, grads, optimizer, "
+                        "activations of one micro-batch, frozen models)")
+    for column in ("stage", "tokens", "train FLOPs", "peak memory", "weights", "grads + optim", "activations", "frozen", "wall time"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for plan in training_plan.stages:
+        memory = plan.memory
+        table.add_row(plan.kind, "?" if plan.tokens is None else f"{plan.tokens:,}", _flops(plan.train_flops),
+                      fmt_bytes(memory.total), fmt_bytes(memory.weights), fmt_bytes(memory.gradients + memory.optimizer),
+                      fmt_bytes(memory.activations), fmt_bytes(memory.frozen_models), _duration(plan.wall_seconds))
+    console.print(table)
+    if any(p.tokens is None for p in training_plan.stages):
+        err_console.print("tokens are '?' where neither --max-steps nor a data file fixes the length")
+    if training_plan.tokens_per_s is None:
+        err_console.print("wall time needs --tokens-per-s N")
