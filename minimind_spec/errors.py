@@ -58,3 +58,8 @@ def pointer(*parts: str | int) -> str:
     """JSON Pointer (RFC 6901) for a sequence of keys and indices."""
     escaped = (str(p).replace("~", "~0").replace("/", "~1") for p in parts)
     return "".join("/" + p for p in escaped)
+
+
+class InputError(ValueError):
+    """An input other than a spec that cannot be used (a data file, a checkpoint); the message
+    names the file (and line). The CLI prints it as one line and exits 2."""

@@ -158,3 +158,11 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_the_data_side_of_the_engine_loads_without_torch():
+    modules = sorted(name for name in MODULES if _within(name, ("minimind_spec.engine.data",)))
+    assert modules
+    code = (f"import importlib, sys\nfor name in {modules!r}:\n    importlib.import_module(name)\n"
+            "assert 'torch' not in sys.modules, 'engine.data imported torch'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

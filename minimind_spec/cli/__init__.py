@@ -6,6 +6,7 @@ from .app import app
 from . import spec_commands  # noqa: F401  (validate, explain, schema, build)
 from . import render_commands  # noqa: F401  (render, diff)
 from . import train_commands  # noqa: F401  (train)
+from . import data_commands  # noqa: F401  (tokenizer train)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
-from ..errors import Problem, Severity, SpecError
+from ..errors import InputError, Problem, Severity, SpecError
 
 app = typer.Typer(
     name="minimind-spec",
@@ -59,6 +59,9 @@ def spec_errors() -> Iterator[None]:
         yield
     except SpecError as error:
         fail(error)
+    except InputError as error:
+        err_console.print(f"[red]error[/red] {error}", markup=True)
+        raise typer.Exit(EXIT_USAGE) from None
     except OSError as error:  # an output path that cannot be written: unusable input too
         where = f"{error.filename}: " if error.filename else ""
         err_console.print(f"[red]error[/red] {where}{error.strerror or error}", markup=True)
