@@ -59,6 +59,7 @@ class PlanInputs:
     stages: tuple[StageKind, ...] | None = None  # only these stages (--stage)
     micro_batch: int | None = None  # sequences per forward; the rest is gradient accumulation
     tokens_per_s: float | None = None  # throughput for the wall-time estimate
+    tokenizer_vocab: int | None = None  # size of the tokenizer the run will use (--tokenizer), checked against the spec
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,11 @@ def build_plan(resolved: ResolvedSpec, inputs: PlanInputs | None = None) -> Trai
         raise SpecError(Problem("", "this model was rebuilt from an exported config.json; it has no training section",
                                 "plan from the spec file"))
     inputs = inputs or PlanInputs()
+    if inputs.tokenizer_vocab is not None and inputs.tokenizer_vocab != resolved.model.vocab_size:
+        raise SpecError(Problem("/hyperparams/vocab", f"the spec's vocab is {resolved.model.vocab_size:,} but the tokenizer has "
+                                                      f"{inputs.tokenizer_vocab:,} ids",
+                                "set hyperparams.vocab to the tokenizer's size, or train a tokenizer with --vocab-size "
+                                f"{resolved.model.vocab_size}"))
     graph = build_graph(resolved)
     builder = _StageBuilder(resolved, graph, inputs)
     costs: dict[frozenset[ParamRole], Costs] = {}

@@ -143,3 +143,11 @@ def test_train_errors_exit_2(args):
     result = runner.invoke(app, ["train", str(SPEC), *args])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+def test_the_tokenizer_must_match_the_spec_vocab(card):
+    assert build_plan(card, PlanInputs(tokenizer_vocab=6400)).stages
+    with pytest.raises(SpecError) as error:
+        build_plan(card, PlanInputs(tokenizer_vocab=6000))
+    (problem,) = error.value.problems
+    assert problem.path == "/hyperparams/vocab" and "6,400" in problem.message and "6,000" in problem.message

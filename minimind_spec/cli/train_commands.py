@@ -40,6 +40,8 @@ def train_command(
     dpo_data: Annotated[Path | None, _opt("--dpo-data", "--dpo_data", help='Preference JSONL ({"chosen", "rejected"}).')] = None,
     init: Annotated[Path | None, _opt("--init", help="Start from this checkpoint (a trained base): pretraining is skipped.")] = None,
     teacher: Annotated[Path | None, _opt("--teacher", help="The distillation teacher's checkpoint (run directory).")] = None,
+    tokenizer: Annotated[Path | None, _opt("--tokenizer", help="Tokenizer directory (tokenizer.json); its size must equal "
+                                           "the spec's vocab.")] = None,
     micro_batch: Annotated[int | None, _opt("--micro-batch", "--micro_batch", help="Sequences per forward pass; "
                                             "the rest of the batch is gradient accumulation.")] = None,
     tokens_per_s: Annotated[float | None, _opt("--tokens-per-s", "--tokens_per_s", help="Training throughput for the "
@@ -72,8 +74,13 @@ def train_command(
                                   temperature=temperature)
     data = {kind: path for kind, path in (("pretrain", pretrain_data), ("sft", sft_data), ("distill", distill_data),
                                           ("dpo", dpo_data)) if path is not None}
+    tokenizer_vocab = None
+    if tokenizer is not None:
+        from ..engine.data.tokenizer import load_tokenizer  # torch-free
+
+        tokenizer_vocab = load_tokenizer(tokenizer).vocab_size
     inputs = PlanInputs(data=data, init=init, teacher=teacher, stages=tuple(stage) if stage else None,  # type: ignore[arg-type]
-                        micro_batch=micro_batch, tokens_per_s=tokens_per_s)
+                        micro_batch=micro_batch, tokens_per_s=tokens_per_s, tokenizer_vocab=tokenizer_vocab)
     training_plan = build_plan(resolve(load_spec(spec), variant, overrides), inputs)
     if not plan:
         err_console.print("[red]error[/red] running training is not available in this version; "
