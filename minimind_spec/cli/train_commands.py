@@ -56,6 +56,20 @@ def train_command(
     epochs: Annotated[int | None, _opt("--epochs", help="Passes over the fine-tuning data.")] = None,
     dpo_beta: Annotated[float | None, _opt("--dpo-beta", "--dpo_beta", help="DPO beta.")] = None,
     temperature: Annotated[float | None, _opt("--temperature", help="Distillation temperature.")] = None,
+    out: Annotated[Path | None, _opt("--out", "-o", help="Run directory: per stage its checkpoints, metrics.jsonl "
+                                     "and final/ weights.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and the data order.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda or mps.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint, exactly.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Resume even though the spec changed since the checkpoint.")] = False,
+    no_pack: Annotated[bool, typer.Option("--no-pack", help="One sample per row, padded to seq_len (no packing), "
+                                          "for comparison.")] = False,
+    skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="Skip malformed data lines (counted) "
+                                                 "instead of stopping at the first.")] = False,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Held-out perplexity every N steps.")] = 50,
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps.")] = 50,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels (bit-exact resume on CPU).")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar (logs only).")] = False,
 ) -> None:
     """Plan (and later run) the spec's training: pretrain -> sft -> distill -> dpo, LoRA as the adapter mode.
 
@@ -83,9 +97,9 @@ def train_command(
                         micro_batch=micro_batch, tokens_per_s=tokens_per_s, tokenizer_vocab=tokenizer_vocab)
     training_plan = build_plan(resolve(load_spec(spec), variant, overrides), inputs)
     if not plan:
-        err_console.print("[red]error[/red] running training is not available in this version; "
-                          "`--plan` shows what each stage would run", markup=True)
-        raise typer.Exit(EXIT_USAGE)
+        _run(training_plan, spec, variant, overrides, tokenizer, out, init, seed, device, resume, force, no_pack,
+             skip_bad_lines, eval_every, save_every, deterministic, no_progress)
+        return
     if as_json:
         print_json(plan_to_json(training_plan))
         return
@@ -154,3 +168,22 @@ def print_plan(training_plan: TrainingPlan, source: str) -> None:
         err_console.print("tokens are '?' where neither --max-steps nor a data file fixes the length")
     if training_plan.tokens_per_s is None:
         err_console.print("wall time needs --tokens-per-s N")
+
+
+def _run(training_plan: TrainingPlan, spec: Path, variant: str | None, overrides: TrainingOverrides, tokenizer: Path | None,
+         out: Path | None, init: Path | None, seed: int, device: str, resume: bool, force: bool, no_pack: bool,
+         skip_bad_lines: bool, eval_every: int, save_every: int, deterministic: bool, no_progress: bool) -> None:
+    if out is None or tokenizer is None:
+        raise SpecError(Problem("", "a training run needs --out RUN_DIR and --tokenizer DIR", "or add --plan to see the plan"))
+    from ..engine.train.run import RunOptions, run_plan
+
+    options = RunOptions(out=out, tokenizer=tokenizer, seed=seed, device=device, pack=not no_pack, skip_bad_lines=skip_bad_lines,
+                         eval_every=eval_every, save_every=save_every, resume=resume, force=force, deterministic=deterministic,
+                         progress=not no_progress)
+    results = run_plan(resolve(load_spec(spec), variant, overrides), training_plan, options, init)
+    for stage, result in zip(training_plan.stages, results):
+        ended = "interrupted, saved" if result.interrupted else "done"
+        evaluation = f", held-out loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""
+        console.print(f"{stage.kind}: {ended} at step {result.steps}, loss {result.last_loss:.4f}{evaluation}"
+                      f"{f', {result.skipped_steps} steps skipped (non-finite loss)' if result.skipped_steps else ''}; "
+                      f"{out / stage.kind}")

@@ -1,0 +1,139 @@
+"""Run a training plan: for each stage, build (or reuse) its token cache, compile the model,
+load the previous stage's weights (or `--init`), set the stage's trainable roles, and hand
+everything to the loop. Each stage writes `RUN_DIR/<stage>/` (checkpoints, metrics.jsonl) and
+its result to `RUN_DIR/<stage>/final/` (model.safetensors, config.json, the tokenizer), which
+the next stage starts from. Pretraining and SFT run here; the other stages are planned only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ...config import ResolvedSpec
+from ...errors import InputError
+from ...graph import ParamRole, build_graph
+from ...plan import StagePlan, TrainingPlan
+from ..compile import compile_graph
+from ..data.token_cache import build_token_cache
+from ..data.tokenizer import CONFIG_FILE, TOKENIZER_FILE, load_tokenizer
+from ..export import model_config_dict
+from ..trainability import set_trainable
+from .checkpoint import load_weights, model_tensors
+from .loop import LoopConfig, StageResult, run_stage
+from .stages import language_model_runner
+
+RUNNABLE = ("pretrain", "sft")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path
+    tokenizer: Path
+    seed: int = 0
+    device: str = "auto"
+    cache_dir: Path | None = None  # default: RUN_DIR/cache
+    pack: bool = True
+    skip_bad_lines: bool = False
+    eval_every: int = 50
+    save_every: int = 50
+    keep: int = 3
+    resume: bool = False
+    force: bool = False
+    deterministic: bool = False
+    progress: bool = True
+
+
+def pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def spec_hash(resolved: ResolvedSpec) -> str:
+    """Hash of everything resolved about the model and training (what a resume must agree on)."""
+    payload = json.dumps({"model": dataclasses.asdict(resolved.model),
+                          "training": dataclasses.asdict(resolved.training) if resolved.training else None},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _write_final(stage_dir: Path, model: torch.nn.Module, resolved: ResolvedSpec, tokenizer_path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    final = stage_dir / "final"
+    staging = stage_dir / ".final.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model_tensors(model).items()}, str(staging / "model.safetensors"))
+    config = model_config_dict(resolved)
+    config["minimind_spec"]["weights"] = "model.safetensors"
+    (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in (TOKENIZER_FILE, CONFIG_FILE):
+        source = tokenizer_path.parent / name
+        if source.is_file():
+            shutil.copy(source, staging / name)
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    return final
+
+
+def run_plan(resolved: ResolvedSpec, plan: TrainingPlan, options: RunOptions, init: Path | None = None) -> list[StageResult]:
+    """Train every stage of `plan` in order; raises InputError for a blocked or not-yet-runnable stage."""
+    for stage in plan.stages:
+        if stage.blocked is not None:
+            raise InputError(f"stage {stage.kind!r} is blocked: {stage.blocked} ({stage.unblock})")
+        if stage.kind not in RUNNABLE:
+            raise InputError(f"stage {stage.kind!r} is planned but cannot run in this version; "
+                             f"run the others with --stage {' --stage '.join(s.kind for s in plan.stages if s.kind in RUNNABLE)}")
+    tokenizer = load_tokenizer(options.tokenizer)
+    if tokenizer.vocab_size != resolved.model.vocab_size:
+        raise InputError(f"the spec's vocab is {resolved.model.vocab_size:,} but the tokenizer has {tokenizer.vocab_size:,} ids")
+    if options.deterministic:
+        torch.use_deterministic_algorithms(True)
+    device = pick_device(options.device)
+    graph = build_graph(resolved)
+    cache_dir = options.cache_dir or options.out / "cache"
+    options.out.mkdir(parents=True, exist_ok=True)
+    previous = init
+    results = []
+    for stage in plan.stages:
+        results.append(_run_stage(resolved, graph, stage, options, device, cache_dir, tokenizer, previous))
+        previous = options.out / stage.kind / "final"
+    return results
+
+
+def _run_stage(resolved: ResolvedSpec, graph, stage: StagePlan, options: RunOptions, device: str, cache_dir: Path,  # noqa: ANN001
+               tokenizer, previous: Path | None) -> StageResult:  # noqa: ANN001
+    assert stage.data is not None and resolved.training is not None
+    kind = "pretrain" if stage.kind == "pretrain" else "conversation"
+    cache = build_token_cache(stage.data, tokenizer, kind, cache_dir, max_length=None if kind == "pretrain" else stage.seq_len,
+                              skip_bad_lines=options.skip_bad_lines)
+    runner = language_model_runner(stage.kind, cache, stage.seq_len, tokenizer.pad_id, stage.label_smoothing, options.pack)
+    model = compile_graph(graph, device=device, seed=options.seed)
+    if previous is not None:
+        load_weights(model, previous)
+    set_trainable(model, graph, {ParamRole(role) for role in stage.trainable_roles})
+    max_steps = stage.max_steps or max(1, math.ceil(stage.epochs * len(runner.train_rows) / stage.batch_size))
+    autocast = torch.bfloat16 if resolved.model.dtype == "bfloat16" else None
+    config = LoopConfig(
+        run_dir=options.out / stage.kind, optim=replace(resolved.training.optim, warmup=stage.warmup, grad_clip=stage.grad_clip),
+        max_steps=max_steps, batch_size=stage.batch_size, micro_batch=stage.micro_batch, seed=options.seed,
+        spec_hash=spec_hash(resolved), device=device, autocast_dtype=autocast, eval_every=options.eval_every,
+        save_every=options.save_every, keep=options.keep, progress=options.progress,
+    )
+    result = run_stage(model, graph, runner, config, resume=options.resume, force=options.force)
+    if not result.interrupted:
+        _write_final(options.out / stage.kind, model, resolved, tokenizer.path)
+    return result

@@ -1,0 +1,104 @@
+"""Stage runners: what differs between training stages, behind one small interface.
+
+A runner gives the loop its rows (training and held-out) and its objective; the loop (same for
+every stage) does precision, accumulation, clipping, schedule, evaluation, metrics and
+checkpoints. Pretraining and SFT share the causal-LM objective and differ in their rows: the
+pretraining token stream, or packed conversations whose labels cover the assistant spans.
+A new technique (DPO, distillation) is a new runner with its own rows and objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from builders.techniques import causal_lm_loss
+
+from ..data.packing import Row, RowLayout, sample_layout, sample_row, stream_layout, stream_row
+from ..data.token_cache import TokenCache
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: torch.Tensor  # (B, T) int64
+    labels: torch.Tensor  # (B, T) int64, -100 where not trained
+    reasoning: torch.Tensor  # (B, T) bool
+    real_tokens: int  # non-padding positions
+
+
+def collate(rows: list[Row], device: torch.device | str) -> Batch:
+    return Batch(
+        input_ids=torch.from_numpy(np.stack([r.input_ids for r in rows])).to(device),
+        labels=torch.from_numpy(np.stack([r.labels for r in rows])).to(device),
+        reasoning=torch.from_numpy(np.stack([r.reasoning for r in rows])).to(device),
+        real_tokens=sum(r.real_tokens for r in rows),
+    )
+
+
+class StageRunner(Protocol):
+    kind: str
+
+    @property
+    def train_rows(self) -> np.ndarray: ...  # row indices trained on
+
+    @property
+    def eval_rows(self) -> np.ndarray: ...  # held-out row indices
+
+    def row(self, index: int) -> Row: ...
+
+    def objective(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@dataclass
+class LanguageModelRunner:
+    """Pretraining (token stream) and SFT (packed conversations): next-token cross-entropy on the
+    labelled positions, plus the MoE balance loss when the model has one."""
+
+    kind: str
+    cache: TokenCache
+    layout: RowLayout
+    pad_id: int
+    label_smoothing: float
+    eval_fraction: float = 0.05
+    max_eval_rows: int = 64
+
+    def __post_init__(self) -> None:
+        rows = self.layout.rows
+        held_out = min(self.max_eval_rows, int(rows * self.eval_fraction)) if rows >= 20 else 0
+        self._train = np.arange(rows - held_out)
+        self._eval = np.arange(rows - held_out, rows)
+
+    @property
+    def train_rows(self) -> np.ndarray:
+        return self._train
+
+    @property
+    def eval_rows(self) -> np.ndarray:
+        return self._eval
+
+    def row(self, index: int) -> Row:
+        if self.layout.stream_rows:
+            return stream_row(self.cache, self.layout, index)
+        return sample_row(self.cache, self.layout, index, self.pad_id)
+
+    def objective(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model(batch.input_ids)
+        lm = causal_lm_loss(out.logits, batch.labels, label_smoothing=self.label_smoothing)
+        metrics = {"lm_loss": float(lm.detach())}
+        if out.expert_counts is not None:
+            counts = out.expert_counts.float()  # (MoE layers, E)
+            cv = counts.std(dim=-1, unbiased=False) / counts.mean(dim=-1).clamp(min=1e-9)
+            metrics |= {"aux_loss": float(out.aux_loss.detach()), "expert_load_cv": float(cv.mean())}
+        return lm + out.aux_loss, metrics
+
+
+def language_model_runner(kind: str, cache: TokenCache, seq_len: int, pad_id: int, label_smoothing: float,
+                          packed: bool = True) -> LanguageModelRunner:
+    layout = stream_layout(cache, seq_len) if kind == "pretrain" else sample_layout(cache, seq_len, packed)
+    if layout.rows == 0:
+        raise ValueError(f"the data holds {cache.meta.tokens} tokens: not one row of {seq_len}")
+    return LanguageModelRunner(kind, cache, layout, pad_id, label_smoothing)

@@ -1,0 +1,120 @@
+"""The training engine end to end on a tiny spec and a generated corpus: tokenizer, pretraining
+then SFT through the CLI (loss falls, each stage starts from the last), and the kill-and-resume
+guarantee: a run killed with SIGKILL and resumed logs the same loss at every later step as a
+run that was never interrupted (CPU, deterministic mode)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from minimind_spec import build_graph, load_spec, resolve
+from minimind_spec.cli import app
+from minimind_spec.engine import compile_graph
+from minimind_spec.engine.data.tokenizer import train_tokenizer
+from minimind_spec.engine.train.checkpoint import load_weights
+
+from ..conftest import ROOT, TINY
+
+WORDS = "the cat sat on a mat dog ran to big red ball two plus three is five four six".split()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    rng = random.Random(0)
+    pretrain = root / "pretrain.jsonl"
+    pretrain.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30)))}) + "\n"
+                                for _ in range(400)))
+    sft = root / "sft.jsonl"
+    rows = []
+    for _ in range(120):
+        a, b = rng.randint(0, 4), rng.randint(0, 4)
+        rows.append(json.dumps({"conversations": [{"role": "user", "content": f"what is {a} plus {b}"},
+                                                  {"role": "assistant", "content": f"{a} plus {b} is {a + b}"}]}))
+    sft.write_text("\n".join(rows) + "\n")
+    tokenizer = train_tokenizer([pretrain, sft], 320, root / "tok", min_frequency=1)
+    spec = copy.deepcopy(TINY)
+    spec["hyperparams"] |= {"vocab": tokenizer.vocab_size, "dtype": "float32", "seq_len": 64}
+    spec["techniques"] = {"sft": {"enabled": True, "datasets": ["sft"], "epochs": 1}}
+    spec["optim"] = {"lr": 3e-3, "warmup": 2, "batch_size": 4}
+    (root / "tiny.json").write_text(json.dumps(spec))
+    return root
+
+
+def args(root, out, *extra):
+    return ["train", str(root / "tiny.json"), "--pretrain-data", str(root / "pretrain.jsonl"), "--sft-data",
+            str(root / "sft.jsonl"), "--tokenizer", str(root / "tok"), "--out", str(out), "--no-progress", *extra]
+
+
+def metrics(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_pretrain_then_sft(workspace, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, args(workspace, out, "--max-steps", "30", "--eval-every", "10", "--save-every", "10"))
+    assert result.exit_code == 0, result.output
+    pretrain, sft = metrics(out / "pretrain" / "metrics.jsonl"), metrics(out / "sft" / "metrics.jsonl")
+    assert [row["step"] for row in pretrain] == list(range(1, 31)) and len(sft) == 30
+    assert pretrain[-1]["loss"] < pretrain[0]["loss"] - 1.0  # it learns
+    evals = [row["eval_perplexity"] for row in pretrain if "eval_perplexity" in row]
+    assert len(evals) == 3 and evals[-1] < evals[0]
+    assert sft[-1]["loss"] < sft[0]["loss"]
+    # SFT starts from the pretrained weights: from the same random init (seed 0) its first loss would differ
+    fresh = tmp_path / "fresh"
+    assert CliRunner().invoke(app, ["build", str(workspace / "tiny.json"), "--out", str(fresh), "--seed", "0"]).exit_code == 0
+    scratch = CliRunner().invoke(app, ["train", str(workspace / "tiny.json"), "--stage", "sft", "--init", str(fresh),
+                                       "--sft-data", str(workspace / "sft.jsonl"), "--tokenizer", str(workspace / "tok"),
+                                       "--out", str(tmp_path / "scratch"), "--max-steps", "1", "--no-progress"])
+    assert scratch.exit_code == 0, scratch.output
+    assert metrics(tmp_path / "scratch" / "sft" / "metrics.jsonl")[0]["loss"] != sft[0]["loss"]
+    resolved = resolve(load_spec(workspace / "tiny.json"))
+    graph = build_graph(resolved)
+    a, b = compile_graph(graph, seed=1), compile_graph(graph, seed=1)
+    load_weights(a, out / "pretrain" / "final")
+    load_weights(b, out / "sft" / "final")
+    assert not torch.equal(a.model.embed_tokens.weight, b.model.embed_tokens.weight)
+    assert (out / "sft" / "final" / "tokenizer.json").is_file() and (out / "sft" / "final" / "config.json").is_file()
+    again = CliRunner().invoke(app, args(workspace, out, "--max-steps", "30"))
+    assert again.exit_code == 2 and "--resume" in again.output  # an existing run is never overwritten
+
+
+def _train_process(workspace, out, *extra):
+    command = [sys.executable, "-m", "minimind_spec", *args(workspace, out, "--stage", "pretrain", "--max-steps", "14",
+                                                            "--save-every", "3", "--eval-every", "5", "--deterministic", *extra)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_sigkill_and_resume_give_the_same_losses(workspace, tmp_path):
+    reference = _train_process(workspace, tmp_path / "reference")
+    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-2000:]
+    killed_dir = tmp_path / "killed"
+    victim = _train_process(workspace, killed_dir)
+    metrics_path = killed_dir / "pretrain" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill it mid-run, between checkpoints (saved every 3 steps)
+        if metrics_path.is_file() and len(metrics_path.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert len(metrics(metrics_path)) < 14
+    resumed = _train_process(workspace, killed_dir, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    expected = metrics(tmp_path / "reference" / "pretrain" / "metrics.jsonl")
+    got = metrics(metrics_path)
+    assert [row["step"] for row in got] == list(range(1, 15))
+    assert [row["loss"] for row in got] == [row["loss"] for row in expected]
+    assert [row.get("eval_loss") for row in got] == [row.get("eval_loss") for row in expected]
