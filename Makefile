@@ -12,6 +12,7 @@ install-test:
 
 demo: install
 	$(PY) -m minimind_spec build spec/minimind.json
+	PY=$(PY) bash examples/train_tiny.sh out/demo
 
 test: install-test
 	@# npm packages for the Mermaid parser tests (they skip, saying why, without Node)

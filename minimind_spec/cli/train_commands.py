@@ -154,15 +154,16 @@ def print_plan(training_plan: TrainingPlan, source: str) -> None:
     for i, plan in enumerate(training_plan.stages, 1):
         tree.add(_stage_tree(i, plan))
     console.print(tree)
-    table = Table(title="Estimates (tokens: steps x batch x seq_len; memory: fp32 weights, grads, optimizer, "
-                        "activations of one micro-batch, frozen models)")
-    for column in ("stage", "tokens", "train FLOPs", "peak memory", "weights", "grads + optim", "activations", "frozen", "wall time"):
+    table = Table(title="Estimates", caption="memory = fp32 weights + grads and optimizer state + activations of one "
+                  "micro-batch + frozen models (reference, teacher)")
+    for column in ("stage", "tokens", "train FLOPs", "peak memory", "= weights + grads/optim + activations + frozen", "wall"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for plan in training_plan.stages:
         memory = plan.memory
+        parts = " + ".join(fmt_bytes(n) for n in (memory.weights, memory.gradients + memory.optimizer, memory.activations,
+                                                    memory.frozen_models))
         table.add_row(plan.kind, "?" if plan.tokens is None else f"{plan.tokens:,}", _flops(plan.train_flops),
-                      fmt_bytes(memory.total), fmt_bytes(memory.weights), fmt_bytes(memory.gradients + memory.optimizer),
-                      fmt_bytes(memory.activations), fmt_bytes(memory.frozen_models), _duration(plan.wall_seconds))
+                      fmt_bytes(memory.total), parts, _duration(plan.wall_seconds))
     console.print(table)
     if any(p.tokens is None for p in training_plan.stages):
         err_console.print("tokens are '?' where neither --max-steps nor a data file fixes the length")

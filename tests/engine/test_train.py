@@ -86,6 +86,8 @@ def test_pretrain_then_sft(workspace, tmp_path):
     load_weights(b, out / "sft" / "final")
     assert not torch.equal(a.model.embed_tokens.weight, b.model.embed_tokens.weight)
     assert (out / "sft" / "final" / "tokenizer.json").is_file() and (out / "sft" / "final" / "config.json").is_file()
+    answer = CliRunner().invoke(app, ["generate", str(out), "what is 2 plus 3", "--max-new-tokens", "8"])
+    assert answer.exit_code == 0 and answer.stdout.strip(), answer.output  # the run's own tokenizer, the sft model
     again = CliRunner().invoke(app, args(workspace, out, "--max-steps", "30"))
     assert again.exit_code == 2 and "--resume" in again.output  # an existing run is never overwritten
 
