@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from contextlib import contextmanager, nullcontext
@@ -30,6 +31,7 @@ from torch import nn
 
 from ...config import OptimConfig
 from ...errors import InputError
+from . import distributed
 from .checkpoint import CheckpointError, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, lr_factor
 from .stages import StageRunner, collate
@@ -141,7 +143,15 @@ def _metrics_rows(path: Path, up_to_step: int) -> None:
 
 def run_stage(model: nn.Module, graph: nx.DiGraph, runner: StageRunner, config: LoopConfig, resume: bool = False,
               force: bool = False) -> StageResult:
-    """Train `model` with `runner` for `config.max_steps` optimizer steps (resuming when asked)."""
+    """Train `model` with `runner` for `config.max_steps` optimizer steps (resuming when asked).
+    Under torchrun each rank trains its block of every step's rows (see `distributed`)."""
+    world = distributed.current()
+    if config.batch_size % world.size:
+        raise CheckpointError(f"the batch size {config.batch_size} does not divide over {world.size} processes")
+    per_rank = config.batch_size // world.size
+    micro = min(config.micro_batch, per_rank)
+    if per_rank % micro:
+        raise CheckpointError(f"the micro-batch {micro} does not divide the {per_rank} rows each process trains per step")
     config.run_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, graph, config.optim)
@@ -153,36 +163,48 @@ def run_stage(model: nn.Module, graph: nx.DiGraph, runner: StageRunner, config: 
             raise CheckpointError(f"{checkpoint} was trained from another spec (hash {saved.spec_hash[:12]}, now "
                                   f"{config.spec_hash[:12]}); `minimind-spec diff` shows what changed; --force resumes anyway")
         state = replace(saved, spec_hash=config.spec_hash)
-    elif checkpoint is not None and not resume:
+    elif checkpoint is not None and not resume and world.is_main:
         raise CheckpointError(f"{config.run_dir} already holds a run (at {checkpoint.name}): --resume continues it, "
                               "or choose another --out")
     else:
         torch.manual_seed(config.seed)
+    distributed.barrier(world)  # every rank has read the checkpoint before rank 0 may write the next one
+    train_model: nn.Module = model
+    if world.distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
     metrics_path = config.run_dir / METRICS_FILE
-    _metrics_rows(metrics_path, state.step)
-    accumulation = config.batch_size // config.micro_batch
+    if world.is_main:
+        _metrics_rows(metrics_path, state.step)
+    accumulation = per_rank // micro
     bad_streak, last_loss, eval_loss = 0, None, None
     model.train()
     progress = Progress(TextColumn(f"[bold]{runner.kind}[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not config.progress, transient=False)
-    with _interrupt_flag() as interrupt, progress, open(metrics_path, "a", encoding="utf-8") as metrics:
+                        TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not (config.progress and world.is_main),
+                        transient=False)
+    with _interrupt_flag() as interrupt, progress, open(metrics_path if world.is_main else os.devnull, "a", encoding="utf-8") as metrics:
         task = progress.add_task("train", total=config.max_steps, completed=state.step, status="")
         while state.step < config.max_steps and not interrupt["stop"]:
             started = time.perf_counter()
             rows, state = _next_rows(runner, state, config.batch_size, config.seed)
+            rows = rows[world.rank * per_rank:(world.rank + 1) * per_rank]  # this rank's block
             lr = config.optim.lr * lr_factor(state.step, config.optim.warmup, config.max_steps, config.optim.scheduler,
                                              config.optim.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             loss_sum, tokens, extra = 0.0, 0, {}
-            for start in range(0, len(rows), config.micro_batch):
-                batch = collate([runner.row(i) for i in rows[start:start + config.micro_batch]], config.device)
-                with _autocast(config):
-                    loss, extra = runner.objective(model, batch)
-                (loss / accumulation).backward()
+            for start in range(0, len(rows), micro):
+                batch = collate([runner.row(i) for i in rows[start:start + micro]], config.device)
+                last = start + micro >= len(rows)
+                sync = nullcontext() if last or not world.distributed else train_model.no_sync()  # type: ignore[operator]
+                with sync:
+                    with _autocast(config):
+                        loss, extra = runner.objective(train_model, batch)
+                    (loss / accumulation).backward()
                 loss_sum += float(loss.detach()) / accumulation
                 tokens += batch.real_tokens
+            loss_sum = distributed.mean(loss_sum, world, config.device)
+            tokens = distributed.total(tokens, world, config.device)
             if not math.isfinite(loss_sum):
                 bad_streak += 1
                 state = replace(state, step=state.step + 1, skipped_steps=state.skipped_steps + 1)
@@ -200,17 +222,21 @@ def run_stage(model: nn.Module, graph: nx.DiGraph, runner: StageRunner, config: 
             elapsed = time.perf_counter() - started
             row: dict[str, Any] = {"step": state.step, "loss": loss_sum, "lr": lr, "tokens": state.tokens_seen,
                                    "tokens_per_s": tokens / elapsed if elapsed else None, "grad_norm": grad_norm, **extra}
-            if config.eval_every and (state.step % config.eval_every == 0 or state.step == config.max_steps):
-                eval_loss = evaluate(model, runner, config)
+            if config.eval_every and (state.step % config.eval_every == 0 or state.step == config.max_steps) and world.is_main:
+                eval_loss = evaluate(model, runner, config)  # the unwrapped model: no collective on one rank
                 if eval_loss is not None:
                     row |= {"eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 50.0))}
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
             if state.step % config.save_every == 0 or state.step == config.max_steps or interrupt["stop"]:
-                save_checkpoint(config.run_dir, model, optimizer, state, config.keep)
+                if world.is_main:
+                    save_checkpoint(config.run_dir, model, optimizer, state, config.keep)
+                distributed.barrier(world)
             progress.update(task, completed=state.step,
                             status=f"loss {loss_sum:.4f}  lr {lr:.2e}  {row['tokens_per_s'] or 0:,.0f} tok/s")
     final = latest_checkpoint(config.run_dir)
-    if final is None or (interrupt["stop"] and int(final.name.split("-")[1]) != state.step):
+    if world.is_main and (final is None or int(final.name.split("-")[1]) != state.step):
         final = save_checkpoint(config.run_dir, model, optimizer, state, config.keep)
+    distributed.barrier(world)
+    final = latest_checkpoint(config.run_dir) or config.run_dir
     return StageResult(state.step, last_loss, eval_loss, state.skipped_steps, interrupt["stop"], final)

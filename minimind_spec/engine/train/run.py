@@ -26,6 +26,7 @@ from ..data.token_cache import build_token_cache
 from ..data.tokenizer import CONFIG_FILE, TOKENIZER_FILE, load_tokenizer
 from ..export import model_config_dict
 from ..trainability import set_trainable
+from . import distributed
 from .checkpoint import load_weights, model_tensors
 from .loop import LoopConfig, StageResult, run_stage
 from .stages import language_model_runner
@@ -102,24 +103,34 @@ def run_plan(resolved: ResolvedSpec, plan: TrainingPlan, options: RunOptions, in
         raise InputError(f"the spec's vocab is {resolved.model.vocab_size:,} but the tokenizer has {tokenizer.vocab_size:,} ids")
     if options.deterministic:
         torch.use_deterministic_algorithms(True)
-    device = pick_device(options.device)
+    world, device = distributed.setup(pick_device(options.device))
     graph = build_graph(resolved)
     cache_dir = options.cache_dir or options.out / "cache"
     options.out.mkdir(parents=True, exist_ok=True)
     previous = init
     results = []
-    for stage in plan.stages:
-        results.append(_run_stage(resolved, graph, stage, options, device, cache_dir, tokenizer, previous))
-        previous = options.out / stage.kind / "final"
+    try:
+        for stage in plan.stages:
+            results.append(_run_stage(resolved, graph, stage, options, device, cache_dir, tokenizer, previous, world))
+            previous = options.out / stage.kind / "final"
+    finally:
+        distributed.teardown()
     return results
 
 
 def _run_stage(resolved: ResolvedSpec, graph, stage: StagePlan, options: RunOptions, device: str, cache_dir: Path,  # noqa: ANN001
-               tokenizer, previous: Path | None) -> StageResult:  # noqa: ANN001
+               tokenizer, previous: Path | None, world: distributed.World) -> StageResult:  # noqa: ANN001
     assert stage.data is not None and resolved.training is not None
     kind = "pretrain" if stage.kind == "pretrain" else "conversation"
-    cache = build_token_cache(stage.data, tokenizer, kind, cache_dir, max_length=None if kind == "pretrain" else stage.seq_len,
-                              skip_bad_lines=options.skip_bad_lines)
+
+    def tokenized():  # noqa: ANN202
+        return build_token_cache(stage.data, tokenizer, kind, cache_dir, max_length=None if kind == "pretrain" else stage.seq_len,
+                                 skip_bad_lines=options.skip_bad_lines)
+
+    if world.is_main:
+        tokenized()  # rank 0 tokenizes; the others then find the finished cache
+    distributed.barrier(world)
+    cache = tokenized()
     runner = language_model_runner(stage.kind, cache, stage.seq_len, tokenizer.pad_id, stage.label_smoothing, options.pack)
     model = compile_graph(graph, device=device, seed=options.seed)
     if previous is not None:
@@ -134,6 +145,6 @@ def _run_stage(resolved: ResolvedSpec, graph, stage: StagePlan, options: RunOpti
         save_every=options.save_every, keep=options.keep, progress=options.progress,
     )
     result = run_stage(model, graph, runner, config, resume=options.resume, force=options.force)
-    if not result.interrupted:
+    if not result.interrupted and world.is_main:
         _write_final(options.out / stage.kind, model, resolved, tokenizer.path)
     return result
