@@ -140,3 +140,78 @@ def test_two_processes_with_gloo_match_one_process(workspace, tmp_path):
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
     assert (tmp_path / "two" / "pretrain" / "final" / "model.safetensors").is_file()
+
+
+class _Flaky:
+    """A runner whose loss is NaN at the given (1-based) steps: forwards everything else."""
+
+    def __init__(self, runner, bad_steps):
+        self.inner, self.bad_steps, self.calls = runner, set(bad_steps), 0
+        self.kind = runner.kind
+        self.train_rows, self.eval_rows, self.row = runner.train_rows, runner.eval_rows, runner.row
+
+    def objective(self, model, batch):
+        self.calls += 1
+        loss, metrics = self.inner.objective(model, batch)
+        return (loss * float("nan") if self.calls in self.bad_steps else loss), metrics
+
+
+def _loop_setup(workspace, run_dir, max_steps):
+    from minimind_spec.engine.data.token_cache import build_token_cache
+    from minimind_spec.engine.data.tokenizer import load_tokenizer
+    from minimind_spec.engine.train.loop import LoopConfig
+    from minimind_spec.engine.train.stages import language_model_runner
+
+    resolved = resolve(load_spec(workspace / "tiny.json"))
+    graph = build_graph(resolved)
+    tokenizer = load_tokenizer(workspace / "tok")
+    cache = build_token_cache(workspace / "pretrain.jsonl", tokenizer, "pretrain", run_dir / "cache")
+    runner = language_model_runner("pretrain", cache, 64, tokenizer.pad_id, 0.0)
+    config = LoopConfig(run_dir=run_dir / "pretrain", optim=resolved.training.optim, max_steps=max_steps, batch_size=4,
+                        micro_batch=4, seed=0, spec_hash="h", eval_every=0, save_every=2, progress=False)
+    return graph, compile_graph(graph, seed=0), runner, config
+
+
+def test_a_non_finite_loss_skips_the_step_and_too_many_stop_the_run(workspace, tmp_path):
+    from minimind_spec.engine.train.checkpoint import latest_checkpoint
+    from minimind_spec.engine.train.loop import TrainingStopped, run_stage
+
+    graph, model, runner, config = _loop_setup(workspace, tmp_path, 6)
+    result = run_stage(model, graph, _Flaky(runner, {3}), config)
+    rows = metrics(config.run_dir / "metrics.jsonl")
+    assert result.skipped_steps == 1 and [row["step"] for row in rows] == [1, 2, 4, 5, 6]
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN step changed nothing
+
+    graph, model, runner, config = _loop_setup(workspace, tmp_path / "b", 20)
+    with pytest.raises(TrainingStopped, match="non-finite"):
+        run_stage(model, graph, _Flaky(runner, set(range(5, 20))), config)
+    assert latest_checkpoint(config.run_dir).name == "step-00000004"  # the last good one, intact
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(workspace, tmp_path):
+    process = _train_process(workspace, tmp_path / "run", "--save-every", "1000")
+    metrics_path = tmp_path / "run" / "pretrain" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics_path.is_file() and len(metrics_path.read_text().splitlines()) >= 3):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 0, process.stderr.read().decode()[-2000:]
+    steps = len(metrics(metrics_path))
+    assert 3 <= steps < 14
+    from minimind_spec.engine.train.checkpoint import latest_checkpoint, read_state
+
+    assert read_state(latest_checkpoint(tmp_path / "run" / "pretrain")).step == steps  # saved where it stopped
+    assert "interrupted, saved" in process.stdout.read().decode()
+
+
+def test_resuming_with_a_changed_spec_is_refused_unless_forced(workspace, tmp_path):
+    out = tmp_path / "run"
+    first = CliRunner().invoke(app, args(workspace, out, "--stage", "pretrain", "--max-steps", "2"))
+    assert first.exit_code == 0, first.output
+    changed = CliRunner().invoke(app, args(workspace, out, "--stage", "pretrain", "--max-steps", "4", "--resume",
+                                           "--lr", "1e-3"))
+    assert changed.exit_code == 2 and "another spec" in changed.output and "--force" in changed.output
+    forced = CliRunner().invoke(app, args(workspace, out, "--stage", "pretrain", "--max-steps", "4", "--resume",
+                                          "--lr", "1e-3", "--force"))
+    assert forced.exit_code == 0, forced.output
+    assert [row["step"] for row in metrics(out / "pretrain" / "metrics.jsonl")] == [1, 2, 3, 4]
