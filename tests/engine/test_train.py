@@ -57,6 +57,12 @@ def args(root, out, *extra):
             str(root / "sft.jsonl"), "--tokenizer", str(root / "tok"), "--out", str(out), "--no-progress", *extra]
 
 
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def metrics(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -86,6 +92,8 @@ def test_pretrain_then_sft(workspace, tmp_path):
     load_weights(b, out / "sft" / "final")
     assert not torch.equal(a.model.embed_tokens.weight, b.model.embed_tokens.weight)
     assert (out / "sft" / "final" / "tokenizer.json").is_file() and (out / "sft" / "final" / "config.json").is_file()
+    if _has("matplotlib"):
+        assert (out / "pretrain" / "loss.png").stat().st_size > 1000
     answer = CliRunner().invoke(app, ["generate", str(out), "what is 2 plus 3", "--max-new-tokens", "8"])
     assert answer.exit_code == 0 and answer.stdout.strip(), answer.output  # the run's own tokenizer, the sft model
     again = CliRunner().invoke(app, args(workspace, out, "--max-steps", "30"))

@@ -29,6 +29,7 @@ from ..trainability import set_trainable
 from . import distributed
 from .checkpoint import load_weights, model_tensors
 from .loop import LoopConfig, StageResult, run_stage
+from .report import plot_loss, write_tensorboard
 from .stages import language_model_runner
 
 RUNNABLE = ("pretrain", "sft")
@@ -145,6 +146,9 @@ def _run_stage(resolved: ResolvedSpec, graph, stage: StagePlan, options: RunOpti
         save_every=options.save_every, keep=options.keep, progress=options.progress,
     )
     result = run_stage(model, graph, runner, config, resume=options.resume, force=options.force)
+    if world.is_main:
+        plot_loss(options.out / stage.kind, f"{resolved.name}: {stage.kind}")
+        write_tensorboard(options.out / stage.kind)
     if not result.interrupted and world.is_main:
         _write_final(options.out / stage.kind, model, resolved, tokenizer.path)
     return result
