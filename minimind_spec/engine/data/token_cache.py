@@ -134,7 +134,7 @@ class TokenCache:
         raw = json.loads((directory / "meta.json").read_text())
         raw["skipped_lines"] = tuple(tuple(item) for item in raw["skipped_lines"])
         self.meta = CacheMeta(**raw)
-        self.offsets = np.fromfile(directory / "offsets.bin", dtype=np.int64)
+        self.offsets = np.memmap(directory / "offsets.bin", dtype=np.int64, mode="r")
         dtype = np.dtype(self.meta.token_dtype)
         self.tokens = np.memmap(directory / "tokens.bin", dtype=dtype, mode="r") if self.meta.tokens else np.empty(0, dtype)
         self.trained = np.memmap(directory / "trained.bin", dtype=np.uint8, mode="r") if self.meta.tokens else np.empty(0, np.uint8)
@@ -182,8 +182,7 @@ def build_token_cache(data: str | Path, tokenizer: ChatTokenizer, kind: RecordKi
 def _write_cache(data: Path, tokenizer: ChatTokenizer, kind: RecordKind, max_length: int | None, skip_bad: bool,
                  workers: int | None, staging: Path, parallel_min_bytes: int) -> CacheMeta:
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
-    offsets = [0]
-    tokens = trained_total = truncated = 0
+    samples = tokens = trained_total = truncated = 0
     skipped: list[tuple[int, str]] = []
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     jobs = _jobs(data, kind, max_length, skip_bad)
@@ -194,27 +193,27 @@ def _write_cache(data: Path, tokenizer: ChatTokenizer, kind: RecordKind, max_len
         results = (pool.imap(_encode_chunk, jobs) if pool is not None
                    else (_encode_chunk(job, tokenizer) for job in jobs))
         with open(staging / "tokens.bin", "wb") as ids_out, open(staging / "trained.bin", "wb") as trained_out, \
-                open(staging / "reasoning.bin", "wb") as reasoning_out:
+                open(staging / "reasoning.bin", "wb") as reasoning_out, open(staging / "offsets.bin", "wb") as offsets_out:
+            np.zeros(1, np.int64).tofile(offsets_out)  # offsets[0]; each chunk appends its samples' ends (memory stays flat)
             for chunk in results:
                 if chunk.error is not None:
                     raise DataError(data, chunk.error[0], chunk.error[1])
                 chunk.ids.astype(dtype).tofile(ids_out)
                 chunk.trained.tofile(trained_out)
                 chunk.reasoning.tofile(reasoning_out)
-                for length in chunk.lengths:
-                    offsets.append(offsets[-1] + length)
+                (tokens + np.cumsum(np.asarray(chunk.lengths, np.int64), dtype=np.int64)).tofile(offsets_out)
+                samples += len(chunk.lengths)
                 tokens += len(chunk.ids)
                 trained_total += int(chunk.trained.sum())
                 truncated += chunk.truncated
                 skipped += chunk.skipped
-            for handle in (ids_out, trained_out, reasoning_out):
+            for handle in (ids_out, trained_out, reasoning_out, offsets_out):
                 handle.flush()
                 os.fsync(handle.fileno())
     finally:
         if pool is not None:
             pool.terminate()
-    np.asarray(offsets, np.int64).tofile(staging / "offsets.bin")
-    meta = CacheMeta(samples=len(offsets) - 1, tokens=tokens, trained_tokens=trained_total, truncated=truncated,
+    meta = CacheMeta(samples=samples, tokens=tokens, trained_tokens=trained_total, truncated=truncated,
                      skipped_lines=tuple(skipped), token_dtype=np.dtype(dtype).name, source=str(data), kind=kind,
                      max_length=max_length)
     (staging / "meta.json").write_text(json.dumps(meta.__dict__, indent=2) + "\n")
