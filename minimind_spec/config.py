@@ -8,6 +8,8 @@ config.json by the engine).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -171,3 +173,32 @@ class ResolvedSpec:
     training: TrainingConfig | None  # None when rebuilt from an exported config.json
     provenance: dict[str, str] = field(default_factory=dict)
     warnings: tuple[Problem, ...] = ()
+
+
+def flat_values(config: object) -> dict[str, object]:
+    """Every value of a (nested) config dataclass under a dotted key (`n_layers`, `moe.top_k`),
+    JSON-typed: what two configs are compared by (a resumed run, weights loaded into a build)."""
+    def plain(value: object) -> object:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return dataclasses.asdict(value)
+        return {k: plain(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    tree = json.loads(json.dumps(plain(config), sort_keys=True, default=str))
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            flat[prefix] = value
+
+    walk("", tree)
+    return flat
+
+
+def value_changes(before: dict[str, object], after: dict[str, object]) -> list[str]:
+    """`key: old -> new` for every value that differs between two `flat_values` (added and removed keys too)."""
+    absent = "(absent)"
+    return [f"{key}: {json.dumps(before.get(key, absent))} -> {json.dumps(after.get(key, absent))}"
+            for key in sorted(set(before) | set(after)) if before.get(key, absent) != after.get(key, absent)]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -60,15 +60,21 @@ class PlanInputs:
     micro_batch: int | None = None  # sequences per forward; the rest is gradient accumulation
     tokens_per_s: float | None = None  # throughput for the wall-time estimate
     tokenizer_vocab: int | None = None  # size of the tokenizer the run will use (--tokenizer), checked against the spec
+    processes: int = 1  # data-parallel processes (torchrun); each trains batch / processes rows per step
+    fsdp: bool = False  # weights, gradients and optimizer state sharded over the processes (FSDP2)
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
+    """Peak memory of one process. With FSDP the weights, gradients and optimizer state are 1/shards
+    of the model's (one layer's full weights, gathered in turn, are not counted)."""
+
     weights: int
     gradients: int
     optimizer: int
     activations: int
     frozen_models: int  # reference or teacher
+    shards: int = 1  # processes the weights, gradients and optimizer state are sharded over
 
     @property
     def total(self) -> int:
@@ -98,6 +104,7 @@ class StagePlan:
     batch_size: int
     micro_batch: int
     grad_accumulation: int
+    processes: int  # data-parallel processes; batch = processes x grad_accumulation x micro_batch
     seq_len: int
     epochs: int
     max_steps: int | None
@@ -106,6 +113,8 @@ class StagePlan:
     train_flops: int | None
     memory: MemoryEstimate
     wall_seconds: float | None
+    tokens_per_s: float | None  # the throughput behind wall_seconds
+    throughput_source: str | None  # "cli: --tokens-per-s" or "probe: ..."
     blocked: str | None  # why the stage cannot run; None when it can
     unblock: str | None  # the flag that fixes it
     provenance: dict[str, str]
@@ -215,9 +224,15 @@ class _StageBuilder:
         costs = costs_by_roles.setdefault(roles, graph_costs(self.graph, resolved.model, roles))
         batch, seq_len, warmup, grad_clip = self.settings(kind, provenance)
         micro = int(_pick(inputs.micro_batch, "cli: --micro-batch", provenance, "micro_batch", batch, "default (= batch_size)"))  # type: ignore[arg-type]
-        if batch % micro:
-            raise SpecError(Problem("", f"--micro-batch {micro} does not divide the batch size {batch}",
-                                    "pick a divisor, e.g. " + ", ".join(str(d) for d in range(1, batch + 1) if batch % d == 0)))
+        if batch % inputs.processes:
+            raise SpecError(Problem("", f"the batch size {batch} does not divide over {inputs.processes} processes",
+                                    "--batch-size N with N a multiple of the process count"))
+        per_process = batch // inputs.processes  # each process trains its block of every step's rows
+        micro = min(micro, per_process)
+        if per_process % micro:
+            raise SpecError(Problem("", f"--micro-batch {micro} does not divide the {per_process} rows each process trains per step",
+                                    "pick a divisor, e.g. " + ", ".join(str(d) for d in range(1, per_process + 1)
+                                                                        if per_process % d == 0)))
         epochs = training.sft.epochs if kind in ("sft", "distill") else 1
         provenance["epochs"] = resolved.provenance["training.sft.epochs"] if kind in ("sft", "distill") else "default"
         objective, evaluation = self.objective(kind)
@@ -247,13 +262,15 @@ class _StageBuilder:
         if kind == "distill" and frozen_params:
             per_token += 2 * frozen_params  # the teacher forward, ~2 FLOPs per parameter per token
         bytes_per = DTYPE_BYTES[resolved.model.dtype]
+        shards = inputs.processes if inputs.fsdp else 1
         memory = MemoryEstimate(
-            weights=4 * costs.total_params,
-            gradients=4 * costs.trainable_params,
-            optimizer=OPTIMIZER_STATE_BYTES[optim.optimizer] * costs.trainable_params,
+            weights=4 * costs.total_params // shards,
+            gradients=4 * costs.trainable_params // shards,
+            optimizer=OPTIMIZER_STATE_BYTES[optim.optimizer] * costs.trainable_params // shards,
             activations=costs.activation_bytes * micro * seq_len // max(1, resolved.model.seq_len)
             * (2 if kind == "dpo" else 1),  # DPO runs chosen and rejected
             frozen_models=frozen_params * bytes_per,
+            shards=shards,
         )
         no_decay = params_with_roles(self.graph, roles & NO_DECAY_ROLES)
         schedule = (f"linear warmup {warmup} steps, then {optim.scheduler} to {optim.min_lr_ratio:g} x peak"
@@ -269,10 +286,12 @@ class _StageBuilder:
             optimizer=f"{optim.optimizer}(betas={optim.betas[0]:g}/{optim.betas[1]:g}, weight_decay {optim.weight_decay:g})",
             decay_params=costs.trainable_params - no_decay, no_decay_params=no_decay,
             lr=optim.lr, schedule=schedule, warmup=warmup, grad_clip=grad_clip, label_smoothing=optim.label_smoothing,
-            precision=precision, batch_size=batch, micro_batch=micro, grad_accumulation=batch // micro, seq_len=seq_len,
+            precision=precision, batch_size=batch, micro_batch=micro, grad_accumulation=batch // inputs.processes // micro,
+            processes=inputs.processes, seq_len=seq_len,
             epochs=epochs, max_steps=optim.max_steps, evaluation=evaluation, tokens=tokens,
             train_flops=tokens * per_token if tokens is not None else None, memory=memory,
             wall_seconds=tokens / inputs.tokens_per_s if tokens is not None and inputs.tokens_per_s else None,
+            tokens_per_s=inputs.tokens_per_s, throughput_source="cli: --tokens-per-s" if inputs.tokens_per_s else None,
             blocked=blocked, unblock=unblock,
             provenance={"lr": resolved.provenance["training.optim.lr"], **provenance},
         )
@@ -316,3 +335,13 @@ def build_plan(resolved: ResolvedSpec, inputs: PlanInputs | None = None) -> Trai
         upstream = next((p.kind for p in plans if p.blocked is not None), None)
         plans.append(builder.stage(kind, i == 0, costs, upstream))
     return TrainingPlan(resolved.name, resolved.variant, tuple(plans), inputs.tokens_per_s)
+
+
+def with_throughput(plan: TrainingPlan, rates: Mapping[StageKind, float], source: str) -> TrainingPlan:
+    """`plan` with the measured tokens/s of some stages (a probe) and their wall-time estimates."""
+    stages = tuple(
+        replace(stage, tokens_per_s=rates[stage.kind], throughput_source=source,
+                wall_seconds=stage.tokens / rates[stage.kind] if stage.tokens is not None and rates[stage.kind] > 0 else None)
+        if stage.kind in rates else stage
+        for stage in plan.stages)
+    return replace(plan, stages=stages)

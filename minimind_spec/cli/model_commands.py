@@ -34,3 +34,32 @@ def generate_command(
 
     console.print(generate_text(run, prompt, chat=chat, tokenizer_dir=tokenizer, max_new_tokens=max_new_tokens,
                                 temperature=temperature, top_p=top_p, seed=seed))
+
+
+@app.command("export")
+@guarded
+def export_command(
+    source: Annotated[Path, typer.Argument(help="A trained model: a run directory (its newest finished stage), a stage "
+                                           "directory, a checkpoint or a model directory.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write config.json, model.safetensors and the "
+                                      "run's tokenizer into.", show_default=False)],
+) -> None:
+    """Write a trained model as a model directory that loads anywhere.
+
+    config.json carries the Hugging Face Llama keys (dense RoPE/RMSNorm/SiLU models load with
+    `transformers.AutoModelForCausalLM.from_pretrained(DIR)`) and, under "minimind_spec", the
+    whole resolved model, from which `generate`, `build --weights` and `--init` rebuild it; the
+    weights are safetensors (a tied lm_head stored once); the run's tokenizer goes along. Files
+    are written to a temporary directory first, so a failure leaves nothing half-written.
+
+    Examples: `minimind-spec export runs/tiny --out models/tiny`,
+    `minimind-spec export runs/tiny/sft/checkpoints/step-00000040 --out models/tiny-step40`.
+    """
+    from ..engine.export import read_model_config, write_model_files
+    from ..engine.model_dir import find_model
+
+    found = find_model(source)
+    written = write_model_files(read_model_config(found.config), out, weights=found.weights, extra_files=found.tokenizer_files)
+    console.print(f"exported {found.weights}")
+    for path in written:
+        console.print(f"wrote {path}")

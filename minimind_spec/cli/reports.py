@@ -83,8 +83,9 @@ def print_build_report(result: BuildResult, source: str) -> None:
         err_console.print("[green]Declared vs compiled: every declared number matches[/green]")
 
 
-def write_build_outputs(result: BuildResult, out: Path, device: str, seed: int) -> list[Path]:
-    """resolved.json and graph.json always; weights and config.json when the back end is installed."""
+def write_build_outputs(result: BuildResult, out: Path, device: str, seed: int, weights: Any = None) -> list[Path]:
+    """resolved.json and graph.json always; weights and config.json when the back end is installed.
+    `weights` (an `engine.model_dir.ModelFiles`, already checked to fit) replaces the seeded init."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     resolved_path = out / "resolved.json"
@@ -97,5 +98,9 @@ def write_build_outputs(result: BuildResult, out: Path, device: str, seed: int) 
     except ImportError as exc:  # the PyTorch back end is optional for the front end
         err_console.print(f"[yellow]weights not written: {exc}[/yellow]")
         return written
-    written += write_model_files(result.resolved, out, device=device, seed=seed)
+    if weights is None:
+        written += write_model_files(result.resolved, out, device=device, seed=seed)
+    else:
+        written += write_model_files(result.resolved, out, device=device, weights=weights.weights,
+                                     extra_files=weights.tokenizer_files)
     return written

@@ -94,6 +94,10 @@ def build(
     device: Annotated[Literal["cpu", "cuda", "mps", "meta"], typer.Option("--device", help="Device for the weights written with --out; 'meta' builds without allocating (no weights file).")] = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights written with --out.")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Treat declared-vs-compiled mismatches as errors (exit 2).")] = False,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Trained weights for this spec: a run directory (its newest "
+                                                 "finished stage), a stage directory, a checkpoint or a model directory. "
+                                                 "Checked to fit; --out then writes them (and the run's tokenizer).",
+                                                 show_default=False)] = None,
     as_json: AsJson = False,
 ) -> None:
     """Build the module graph and report its true sizes, and every declared number it contradicts.
@@ -103,18 +107,29 @@ def build(
     both numbers and the reason. The model is always built as the hyperparameters say.
 
     Examples: `minimind-spec build spec/minimind.json`, `... --variant MoE`,
-    `... --out build/ --device meta`, `... --strict` (mismatches exit 2).
+    `... --out build/ --device meta`, `... --strict` (mismatches exit 2),
+    `... --weights runs/tiny --out model/` (a trained model, HF-loadable for dense specs).
     """
     from ..pipeline import build as run_build
     from .reports import build_report_json, print_build_report, write_build_outputs
 
     result = run_build(path, variant, strict=strict)
-    written = write_build_outputs(result, out, device, seed) if out is not None else []
+    trained = None
+    if weights is not None:
+        from ..engine.export import check_weights_fit
+        from ..engine.model_dir import find_model
+
+        trained = find_model(weights)
+        check_weights_fit(result.resolved, trained.config)
+    written = write_build_outputs(result, out, device, seed, trained) if out is not None else []
     if as_json:
         report = build_report_json(result)
         report["written"] = [str(p) for p in written]
+        report["weights"] = str(trained.weights) if trained is not None else None
         print_json(report)
         return
     print_build_report(result, str(path))
+    if trained is not None:
+        console.print(f"weights: {trained.weights} (they fit this spec)")
     for p in written:
         console.print(f"wrote {p}")

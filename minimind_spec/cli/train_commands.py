@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +14,8 @@ from rich.tree import Tree
 from ..config import TrainingOverrides
 from ..errors import Problem, SpecError
 from ..loader import load_spec
-from ..plan import STAGE_ORDER, PlanInputs, StagePlan, TrainingPlan, build_plan
+from ..config import ResolvedSpec
+from ..plan import STAGE_ORDER, PlanInputs, StagePlan, TrainingPlan, build_plan, with_throughput
 from ..resolve import resolve
 from .app import EXIT_USAGE, app, console, err_console, guarded, print_json
 from .options import AsJson, SpecPath, Variant
@@ -38,7 +40,8 @@ def train_command(
     sft_data: Annotated[Path | None, _opt("--sft-data", "--sft_data", help='SFT JSONL ({"conversations": [...]}).')] = None,
     distill_data: Annotated[Path | None, _opt("--distill-data", "--distill_data", help="Distillation JSONL (conversations).")] = None,
     dpo_data: Annotated[Path | None, _opt("--dpo-data", "--dpo_data", help='Preference JSONL ({"chosen", "rejected"}).')] = None,
-    init: Annotated[Path | None, _opt("--init", help="Start from this checkpoint (a trained base): pretraining is skipped.")] = None,
+    init: Annotated[Path | None, _opt("--init", help="Start from this trained base (a run, stage, checkpoint or model "
+                                           "directory): pretraining is skipped.")] = None,
     teacher: Annotated[Path | None, _opt("--teacher", help="The distillation teacher's checkpoint (run directory).")] = None,
     tokenizer: Annotated[Path | None, _opt("--tokenizer", help="Tokenizer directory (tokenizer.json); its size must equal "
                                            "the spec's vocab.")] = None,
@@ -46,6 +49,9 @@ def train_command(
                                             "the rest of the batch is gradient accumulation.")] = None,
     tokens_per_s: Annotated[float | None, _opt("--tokens-per-s", "--tokens_per_s", help="Training throughput for the "
                                                "wall-time estimate.")] = None,
+    probe: Annotated[bool, typer.Option("--probe", help="With --plan: measure each stage's tokens/s by training its real "
+                                        "model for a few steps on random tokens (on --device), for the wall-time "
+                                        "estimate. Loads torch; takes seconds to minutes.")] = False,
     lr: Annotated[float | None, _opt("--lr", help="Peak learning rate (overrides optim.lr).")] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", "--batch_size", help="Sequences per optimizer step.")] = None,
     max_steps: Annotated[int | None, _opt("--max-steps", "--max_steps", help="Optimizer steps per stage.")] = None,
@@ -70,6 +76,13 @@ def train_command(
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps.")] = 50,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels (bit-exact resume on CPU).")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar (logs only).")] = False,
+    fsdp: Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard weights, gradients and optimizer state over "
+                                       "the processes (FSDP2) instead of replicating them (DDP); for models too large "
+                                       "for one device. The plan shows the per-process memory.")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (slower start, "
+                                                "faster steps on GPUs).")] = False,
+    nproc: Annotated[int | None, _opt("--nproc", help="Processes the run will use (default: torchrun's WORLD_SIZE, "
+                                      "else 1): the plan's batch split and, with --fsdp, per-process memory.")] = None,
 ) -> None:
     """Plan (and later run) the spec's training: pretrain -> sft -> distill -> dpo, LoRA as the adapter mode.
 
@@ -93,17 +106,44 @@ def train_command(
         from ..engine.data.tokenizer import load_tokenizer  # torch-free
 
         tokenizer_vocab = load_tokenizer(tokenizer).vocab_size
+    processes = nproc if nproc is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    if processes < 1:
+        raise SpecError(Problem("", f"--nproc {processes}: at least 1"))
     inputs = PlanInputs(data=data, init=init, teacher=teacher, stages=tuple(stage) if stage else None,  # type: ignore[arg-type]
-                        micro_batch=micro_batch, tokens_per_s=tokens_per_s, tokenizer_vocab=tokenizer_vocab)
-    training_plan = build_plan(resolve(load_spec(spec), variant, overrides), inputs)
+                        micro_batch=micro_batch, tokens_per_s=tokens_per_s, tokenizer_vocab=tokenizer_vocab,
+                        processes=processes, fsdp=fsdp)
+    resolved = resolve(load_spec(spec), variant, overrides)
+    training_plan = build_plan(resolved, inputs)
+    if probe:
+        if not plan:
+            raise SpecError(Problem("", "--probe measures throughput for the plan", "add --plan"))
+        training_plan = _probe(resolved, training_plan, device)
     if not plan:
         _run(training_plan, spec, variant, overrides, tokenizer, out, init, seed, device, resume, force, no_pack,
-             skip_bad_lines, eval_every, save_every, deterministic, no_progress)
+             skip_bad_lines, eval_every, save_every, deterministic, no_progress, fsdp, compile_model)
         return
     if as_json:
         print_json(plan_to_json(training_plan))
         return
     print_plan(training_plan, str(spec))
+
+
+def _probe(resolved: ResolvedSpec, training_plan: TrainingPlan, device: str) -> TrainingPlan:
+    from ..engine.train.probe import PROBED_KINDS, probe_stage
+    from ..engine.train.run import pick_device
+    from ..graph import build_graph
+
+    device = pick_device(device)
+    graph = build_graph(resolved)
+    steps = 3
+    rates = {}
+    for stage in training_plan.stages:
+        if stage.kind not in PROBED_KINDS:
+            err_console.print(f"probe: {stage.kind} does not run in this version; not probed")
+            continue
+        err_console.print(f"probe: {stage.kind}, {steps} + 1 steps of {stage.batch_size} x {stage.seq_len} tokens on {device} ...")
+        rates[stage.kind] = probe_stage(resolved, graph, stage, device, steps)
+    return with_throughput(training_plan, rates, f"probe: median of {steps} steps on {device}")
 
 
 def plan_to_json(training_plan: TrainingPlan) -> dict[str, Any]:
@@ -140,10 +180,16 @@ def _stage_tree(index: int, plan: StagePlan) -> Tree:
              f"none on {plan.no_decay_params:,} (norms, embeddings)")
     node.add(f"schedule: {plan.schedule}  [dim](warmup: {prov['warmup']})[/dim]")
     node.add(f"batch {plan.batch_size} [dim]({prov['batch_size']})[/dim] x seq_len {plan.seq_len} [dim]({prov['seq_len']})[/dim]; "
-             f"micro-batch {plan.micro_batch}, accumulation {plan.grad_accumulation}")
+             f"micro-batch {plan.micro_batch}, accumulation {plan.grad_accumulation}"
+             f"{f', {plan.processes} processes' if plan.processes > 1 else ''}")
     clip = "off" if plan.grad_clip is None else f"{plan.grad_clip:g}"
     node.add(f"grad clip {clip} [dim]({prov['grad_clip']})[/dim], label smoothing {plan.label_smoothing:g}, {plan.precision}")
     length = f"{plan.max_steps} steps" if plan.max_steps is not None else f"{plan.epochs} epoch{'s' if plan.epochs != 1 else ''}"
+    memory = plan.memory
+    sharded = f" per process (FSDP over {memory.shards})" if memory.shards > 1 else ""
+    node.add(f"peak memory{sharded} {fmt_bytes(memory.total)} = {fmt_bytes(memory.weights)} fp32 weights + "
+             f"{fmt_bytes(memory.gradients + memory.optimizer)} grads and optimizer state + {fmt_bytes(memory.activations)} "
+             f"activations of one micro-batch + {fmt_bytes(memory.frozen_models)} frozen models")
     node.add(f"length: {length} [dim]({prov['epochs'] if plan.max_steps is None else 'max_steps'})[/dim]; eval: {plan.evaluation}")
     return node
 
@@ -153,35 +199,38 @@ def print_plan(training_plan: TrainingPlan, source: str) -> None:
     tree = Tree(f"[bold]Training plan[/bold]: {title}, {len(training_plan.stages)} stages")
     for i, plan in enumerate(training_plan.stages, 1):
         tree.add(_stage_tree(i, plan))
-    console.print(tree)
-    table = Table(title="Estimates", caption="memory = fp32 weights + grads and optimizer state + activations of one "
-                  "micro-batch + frozen models (reference, teacher)")
-    for column in ("stage", "tokens", "train FLOPs", "peak memory", "= weights + grads/optim + activations + frozen", "wall"):
+    console.print(tree, soft_wrap=False)  # wrap long lines inside the tree instead of cropping them
+    table = Table(title="Estimates")
+    for column in ("stage", "tokens", "train FLOPs", "peak memory", "tok/s", "wall"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for plan in training_plan.stages:
-        memory = plan.memory
-        parts = " + ".join(fmt_bytes(n) for n in (memory.weights, memory.gradients + memory.optimizer, memory.activations,
-                                                    memory.frozen_models))
         table.add_row(plan.kind, "?" if plan.tokens is None else f"{plan.tokens:,}", _flops(plan.train_flops),
-                      fmt_bytes(memory.total), parts, _duration(plan.wall_seconds))
+                      fmt_bytes(plan.memory.total), "?" if plan.tokens_per_s is None else f"{plan.tokens_per_s:,.0f}",
+                      _duration(plan.wall_seconds))
     console.print(table)
     if any(p.tokens is None for p in training_plan.stages):
         err_console.print("tokens are '?' where neither --max-steps nor a data file fixes the length")
-    if training_plan.tokens_per_s is None:
-        err_console.print("wall time needs --tokens-per-s N")
+    sources = sorted({p.throughput_source for p in training_plan.stages if p.throughput_source})
+    if sources:
+        err_console.print(f"tok/s: {'; '.join(sources)}")
+    if any(p.tokens_per_s is None for p in training_plan.stages):
+        err_console.print("wall time needs --tokens-per-s N, or --probe to measure it")
 
 
 def _run(training_plan: TrainingPlan, spec: Path, variant: str | None, overrides: TrainingOverrides, tokenizer: Path | None,
          out: Path | None, init: Path | None, seed: int, device: str, resume: bool, force: bool, no_pack: bool,
-         skip_bad_lines: bool, eval_every: int, save_every: int, deterministic: bool, no_progress: bool) -> None:
+         skip_bad_lines: bool, eval_every: int, save_every: int, deterministic: bool, no_progress: bool, fsdp: bool,
+         compile_model: bool) -> None:
     if out is None or tokenizer is None:
         raise SpecError(Problem("", "a training run needs --out RUN_DIR and --tokenizer DIR", "or add --plan to see the plan"))
     from ..engine.train.run import RunOptions, run_plan
 
     options = RunOptions(out=out, tokenizer=tokenizer, seed=seed, device=device, pack=not no_pack, skip_bad_lines=skip_bad_lines,
                          eval_every=eval_every, save_every=save_every, resume=resume, force=force, deterministic=deterministic,
-                         progress=not no_progress)
+                         progress=not no_progress, fsdp=fsdp, compile=compile_model)
     results = run_plan(resolve(load_spec(spec), variant, overrides), training_plan, options, init)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun rank 0 reports
     for stage, result in zip(training_plan.stages, results):
         ended = "interrupted, saved" if result.interrupted else "done"
         evaluation = f", held-out loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""

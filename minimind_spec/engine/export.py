@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig
-from ..errors import Problem, SpecError
+from ..config import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig, flat_values, value_changes
+from ..errors import InputError, Problem, SpecError
 from .compile import INIT_STD, compile_model
 
 WEIGHTS_FILE = "model.safetensors"
@@ -89,9 +92,23 @@ def _require_device(device: str) -> None:
                                 "use --device cpu, or meta to write the config only"))
 
 
-def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu", seed: int = 0) -> list[Path]:
-    """Write config.json and, unless `device` is "meta", model.safetensors with the seeded
-    initial weights. Returns the paths written: on the meta device there are no weights to
+def check_weights_fit(resolved: ResolvedSpec, config_path: Path) -> None:
+    """Refuse weights trained for another model: the resolved model in `config_path` (beside the
+    weights) must equal `resolved.model`, value by value; the error lists what differs."""
+    changes = value_changes(flat_values(read_model_config(config_path).model), flat_values(resolved.model))
+    if changes:
+        shown = "\n  ".join(changes[:12]) + (f"\n  ... and {len(changes) - 12} more" if len(changes) > 12 else "")
+        raise InputError(f"the weights beside {config_path} are for another model; {len(changes)} values differ "
+                         f"(theirs -> this spec's):\n  {shown}")
+
+
+def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu", seed: int = 0,
+                      weights: Path | None = None, extra_files: tuple[Path, ...] = ()) -> list[Path]:
+    """Write config.json and, unless `device` is "meta", model.safetensors: the seeded initial
+    weights, or `weights` (a trained model.safetensors, whose config the caller has checked with
+    `check_weights_fit`). `extra_files` (a tokenizer) are copied alongside. Every file is written
+    into a temporary directory beside `out_dir` and then moved in, so an error leaves no
+    half-written file. Returns the paths written: on the meta device there are no weights to
     save, so the list holds config.json only (callers say so to the user)."""
     from safetensors.torch import save_file
 
@@ -100,19 +117,28 @@ def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu"
     out_dir.mkdir(parents=True, exist_ok=True)
     model = compile_model(resolved, device=device, seed=seed)
     config = model_config_dict(resolved)
-    config["minimind_spec"]["seed"] = seed
+    config["minimind_spec"]["seed"] = None if weights is not None else seed
     config["minimind_spec"]["weights"] = WEIGHTS_FILE if device != "meta" else None
-    config_path = out_dir / CONFIG_FILE
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-    written = [config_path]
-    if torch.device(device).type != "meta":
-        state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-        if resolved.model.tie_word_embeddings:
-            state.pop("lm_head.weight")  # shared with model.embed_tokens.weight
-        weights_path = out_dir / WEIGHTS_FILE
-        save_file(state, str(weights_path), metadata={"format": "pt", "name": resolved.name})
-        written.append(weights_path)
-    return written
+    staging = Path(tempfile.mkdtemp(prefix=".writing.", dir=out_dir))
+    try:
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        names = [CONFIG_FILE]
+        if torch.device(device).type != "meta":
+            if weights is not None:
+                load_weights_into(model, weights)
+            state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+            if resolved.model.tie_word_embeddings:
+                state.pop("lm_head.weight")  # shared with model.embed_tokens.weight
+            save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "name": resolved.name})
+            names.append(WEIGHTS_FILE)
+        for extra in extra_files:
+            shutil.copy(extra, staging / extra.name)
+            names.append(extra.name)
+        for name in names:
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out_dir / name for name in names]
 
 
 def _model_config(data: dict[str, Any], version: int, source: Path) -> ModelConfig:
@@ -133,23 +159,45 @@ def _model_config(data: dict[str, Any], version: int, source: Path) -> ModelConf
     return ModelConfig(**fields)
 
 
-def load_model_files(out_dir: Path, device: str = "cpu") -> torch.nn.Module:
-    """Rebuild the model written by `write_model_files` and load its weights."""
+def read_model_config(config_path: Path) -> ResolvedSpec:
+    """The resolved model a `config.json` written by this package describes (training not included)."""
+    config_path = Path(config_path)
+    try:
+        ours = json.loads(config_path.read_text())["minimind_spec"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise SpecError(Problem("", f"{config_path}: not a model config written by minimind-spec ({exc})")) from exc
+    return ResolvedSpec(name=ours["name"], variant=ours["variant"], spec=None, training=None,
+                        model=_model_config(ours["model"], ours.get("format_version", 1), config_path))
+
+
+def load_weights_into(model: torch.nn.Module, weights: Path) -> None:
+    """Load `weights` (safetensors; a tied lm_head may be absent) into `model`, strictly."""
     from safetensors.torch import load_file
 
-    out_dir = Path(out_dir)
-    config = json.loads((out_dir / CONFIG_FILE).read_text())
-    ours = config["minimind_spec"]
-    resolved = ResolvedSpec(name=ours["name"], variant=ours["variant"], model=_model_config(ours["model"], ours.get("format_version", 1), out_dir / CONFIG_FILE),
-                            spec=None, training=None)
-    model = compile_model(resolved, device=device)
-    weights = out_dir / WEIGHTS_FILE
+    weights = Path(weights)
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found (was the model built with --device meta?)")
+        raise InputError(f"{weights} not found (was the model built with --device meta?)")
+    device = next(model.parameters()).device
     state = load_file(str(weights), device=str(device))
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and model.tie_word_embeddings)]
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit
+        raise InputError(f"{weights} does not fit this model: {str(exc).splitlines()[-1].strip()}") from exc
+    missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and getattr(model, "tie_word_embeddings", False))]
     if missing or result.unexpected_keys:
-        raise KeyError(f"{weights}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-    model.tie_weights()
+        raise InputError(f"{weights} does not fit this model: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def load_model(config_path: Path, weights: Path, device: str = "cpu") -> torch.nn.Module:
+    """Rebuild the model `config_path` describes and load `weights` into it."""
+    model = compile_model(read_model_config(config_path), device=device)
+    load_weights_into(model, weights)
     return model
+
+
+def load_model_files(out_dir: Path, device: str = "cpu") -> torch.nn.Module:
+    """Rebuild the model written by `write_model_files` (or a stage's final/) and load its weights."""
+    out_dir = Path(out_dir)
+    return load_model(out_dir / CONFIG_FILE, out_dir / WEIGHTS_FILE, device)

@@ -67,10 +67,17 @@ def metrics(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_pretrain_then_sft(workspace, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(workspace, tmp_path_factory):
+    """A finished two-stage run (30 pretraining steps, then 30 SFT steps) through the CLI."""
+    out = tmp_path_factory.mktemp("trained") / "run"
     result = CliRunner().invoke(app, args(workspace, out, "--max-steps", "30", "--eval-every", "10", "--save-every", "10"))
     assert result.exit_code == 0, result.output
+    return out
+
+
+def test_pretrain_then_sft(workspace, trained, tmp_path):
+    out = trained
     pretrain, sft = metrics(out / "pretrain" / "metrics.jsonl"), metrics(out / "sft" / "metrics.jsonl")
     assert [row["step"] for row in pretrain] == list(range(1, 31)) and len(sft) == 30
     assert pretrain[-1]["loss"] < pretrain[0]["loss"] - 1.0  # it learns
@@ -219,7 +226,108 @@ def test_resuming_with_a_changed_spec_is_refused_unless_forced(workspace, tmp_pa
     changed = CliRunner().invoke(app, args(workspace, out, "--stage", "pretrain", "--max-steps", "4", "--resume",
                                            "--lr", "1e-3"))
     assert changed.exit_code == 2 and "another spec" in changed.output and "--force" in changed.output
+    assert "training.optim.lr: 0.003 -> 0.001" in changed.output  # each changed value, old -> new
     forced = CliRunner().invoke(app, args(workspace, out, "--stage", "pretrain", "--max-steps", "4", "--resume",
                                           "--lr", "1e-3", "--force"))
     assert forced.exit_code == 0, forced.output
     assert [row["step"] for row in metrics(out / "pretrain" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def _logits(model, ids=((1, 5, 9, 12, 7),)):
+    with torch.no_grad():
+        return model.eval()(torch.tensor(ids)).logits
+
+
+def test_a_run_loads_in_build_export_generate_and_init(workspace, trained, tmp_path):
+    from minimind_spec.engine.export import load_model_files
+
+    final = load_model_files(trained / "sft" / "final")
+    built = CliRunner().invoke(app, ["build", str(workspace / "tiny.json"), "--weights", str(trained), "--out", str(tmp_path / "b")])
+    assert built.exit_code == 0, built.output
+    assert "they fit this spec" in built.output and (tmp_path / "b" / "tokenizer.json").is_file()
+    assert torch.equal(_logits(load_model_files(tmp_path / "b")), _logits(final))  # the trained weights, not a new init
+
+    checkpoint = trained / "pretrain" / "checkpoints" / "step-00000020"
+    exported = CliRunner().invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "e")])
+    assert exported.exit_code == 0, exported.output
+    model = compile_graph(build_graph(resolve(load_spec(workspace / "tiny.json"))), seed=3)
+    load_weights(model, checkpoint)
+    assert torch.equal(_logits(load_model_files(tmp_path / "e")), _logits(model))
+    assert (tmp_path / "e" / "tokenizer.json").is_file()  # found in the run's finished stages
+    assert not any(p.name.startswith(".") for p in (tmp_path / "e").iterdir())  # no staging left behind
+
+    said = CliRunner().invoke(app, ["generate", str(checkpoint), "the cat", "--no-chat", "--max-new-tokens", "4"])
+    assert said.exit_code == 0 and said.stdout.strip(), said.output
+
+    init = CliRunner().invoke(app, ["train", str(workspace / "tiny.json"), "--stage", "sft", "--init", str(trained / "pretrain"),
+                                    "--sft-data", str(workspace / "sft.jsonl"), "--tokenizer", str(workspace / "tok"),
+                                    "--out", str(tmp_path / "again"), "--max-steps", "1", "--no-progress"])
+    assert init.exit_code == 0, init.output  # --init takes a stage directory: the same first SFT loss as the run's
+    assert metrics(tmp_path / "again" / "sft" / "metrics.jsonl")[0]["loss"] == pytest.approx(
+        metrics(trained / "sft" / "metrics.jsonl")[0]["loss"], rel=1e-6)
+
+    other = json.loads((workspace / "tiny.json").read_text())
+    other["hyperparams"]["n_layers"] = other["hyperparams"].get("n_layers", 2) + 1
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    refused = CliRunner().invoke(app, ["build", str(tmp_path / "other.json"), "--weights", str(trained)])
+    assert refused.exit_code == 2 and "n_layers" in refused.output and "Traceback" not in refused.output
+    missing = CliRunner().invoke(app, ["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "no such" in missing.output
+
+
+def test_fsdp_over_two_processes_matches_one_process_and_resumes(workspace, tmp_path):
+    common = ["--stage", "pretrain", "--max-steps", "6", "--eval-every", "3", "--save-every", "3", "--deterministic"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(out, *extra):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "minimind_spec", *args(workspace, out, *common, "--fsdp", *extra)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return metrics(out / "pretrain" / "metrics.jsonl")
+
+    single = subprocess.run([sys.executable, "-m", "minimind_spec", *args(workspace, tmp_path / "one", *common)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    one = metrics(tmp_path / "one" / "pretrain" / "metrics.jsonl")
+    sharded = torchrun(tmp_path / "two")
+    assert [row["step"] for row in sharded] == list(range(1, 7))
+    for a, b in zip(one, sharded):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
+        assert b.get("eval_loss") == pytest.approx(a.get("eval_loss"), rel=1e-5)  # every rank evaluates, rank 0 logs
+    final = compile_graph(build_graph(resolve(load_spec(workspace / "tiny.json"))), seed=5)
+    load_weights(final, tmp_path / "two" / "pretrain" / "final")  # gathered from the shards into the usual layout
+    reference = compile_graph(build_graph(resolve(load_spec(workspace / "tiny.json"))), seed=5)
+    load_weights(reference, tmp_path / "one" / "pretrain" / "final")
+    assert torch.allclose(_logits(final), _logits(reference), atol=1e-4)
+
+    stage = tmp_path / "two" / "pretrain"  # back to the step-3 checkpoint, as if killed after it
+    (stage / "latest").write_text("checkpoints/step-00000003\n")
+    import shutil
+
+    shutil.rmtree(stage / "checkpoints" / "step-00000006")
+    shutil.rmtree(stage / "final")
+    resumed = torchrun(tmp_path / "two", "--resume")
+    assert [row["loss"] for row in resumed] == [row["loss"] for row in sharded]
+
+
+def test_plan_probe_measures_each_runnable_stage(workspace):
+    result = CliRunner().invoke(app, ["train", str(workspace / "tiny.json"), "--plan", "--probe", "--json", "--max-steps", "10",
+                                      "--stage", "pretrain", "--stage", "sft"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    for stage in plan["stages"]:
+        assert stage["tokens_per_s"] > 0 and stage["throughput_source"].startswith("probe")
+        assert stage["wall_seconds"] == pytest.approx(stage["tokens"] / stage["tokens_per_s"])
+    alone = CliRunner().invoke(app, ["train", str(workspace / "tiny.json"), "--probe"])
+    assert alone.exit_code == 2 and "--plan" in alone.output
+
+
+def test_compiled_training_matches_eager(workspace, tmp_path):
+    losses = {}
+    for name, extra in (("eager", ()), ("compiled", ("--compile",))):
+        result = CliRunner().invoke(app, args(workspace, tmp_path / name, "--stage", "pretrain", "--max-steps", "3",
+                                              "--eval-every", "0", *extra))
+        assert result.exit_code == 0, result.output
+        losses[name] = [row["loss"] for row in metrics(tmp_path / name / "pretrain" / "metrics.jsonl")]
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ...errors import InputError
+from ..export import load_weights_into
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
@@ -65,6 +66,13 @@ def _write_json(path: Path, data: Any) -> None:
         os.fsync(handle.fileno())
 
 
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write `data` as JSON to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    staging = path.with_name(f".{path.name}.tmp")
+    _write_json(staging, data)
+    os.replace(staging, path)
+
+
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
     fd = os.open(path, os.O_RDONLY)
@@ -84,8 +92,7 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
+def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, values in state["state"].items():
@@ -97,15 +104,18 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
+def save_checkpoint(run_dir: Path, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any], state: TrainState,
                     keep: int = 3) -> Path:
+    """Write a checkpoint of `weights` (a full state dict, tied tensors once) and `optimizer_state`
+    (as `Optimizer.state_dict()` gives it: parameters by index) with every RNG state and `state`.
+    Under FSDP the caller gathers both on rank 0 first (`distributed.full_state`)."""
     root = run_dir / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step:08d}"
     staging = Path(tempfile.mkdtemp(prefix=".saving.", dir=root))
     try:
-        _save_tensors(model_tensors(model), staging / "model.safetensors")
-        tensors, meta = _optimizer_tensors(optimizer)
+        _save_tensors(weights, staging / "model.safetensors")
+        tensors, meta = _optimizer_tensors(optimizer_state)
         _save_tensors(tensors, staging / "optimizer.safetensors")
         _write_json(staging / "optimizer.json", meta)
         rng = {"torch": torch.get_rng_state()}
@@ -147,24 +157,12 @@ def read_state(checkpoint: Path) -> TrainState:
 
 
 def load_weights(model: nn.Module, checkpoint: Path) -> None:
-    """Load a checkpoint's (or a run's final) model.safetensors into `model`, strictly."""
-    file = checkpoint / "model.safetensors"
-    if not file.is_file():
-        raise CheckpointError(f"{checkpoint}: no model.safetensors")
-    device = next(model.parameters()).device
-    state = load_file(str(file), device=str(device))
-    result = model.load_state_dict(state, strict=False)
-    tied = {name for name in result.missing_keys if name == "lm_head.weight" and getattr(model, "tie_word_embeddings", False)}
-    missing = sorted(set(result.missing_keys) - tied)
-    if missing or result.unexpected_keys:
-        raise CheckpointError(f"{file} does not fit this model: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    """Load a checkpoint's (or a model directory's) model.safetensors into `model`, strictly."""
+    load_weights_into(model, checkpoint / "model.safetensors")
 
 
-def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
-    """Restore weights, optimizer, every RNG and the run position from `checkpoint`."""
-    load_weights(model, checkpoint)
+def read_optimizer_state(checkpoint: Path) -> dict[str, Any]:
+    """The optimizer state saved in `checkpoint`, as `Optimizer.load_state_dict` takes it."""
     meta = json.loads((checkpoint / "optimizer.json").read_text())
     tensors = load_file(str(checkpoint / "optimizer.safetensors"))
     state: dict[int, dict[str, Any]] = {}
@@ -174,7 +172,11 @@ def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer: torch.optim.O
     for index, values in meta["scalars"].items():
         state.setdefault(int(index), {}).update(values)
     groups = [{**g, **({"betas": tuple(g["betas"])} if "betas" in g else {})} for g in meta["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
+
+
+def restore_random_state(checkpoint: Path) -> TrainState:
+    """Set every RNG (torch, CUDA, Python, NumPy) as `checkpoint` saved it; returns its run position."""
     rng = load_file(str(checkpoint / "rng.safetensors"))
     torch.set_rng_state(rng["torch"])
     cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]

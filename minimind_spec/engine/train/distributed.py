@@ -1,5 +1,5 @@
-"""Distributed data parallel under `torchrun`: process group, this rank's share of a batch,
-and the reductions the loop logs.
+"""Data parallelism under `torchrun`: the process group, DDP or FSDP2 wrapping, this rank's
+share of a batch, the reductions the loop logs, and full (unsharded) state for checkpoints.
 
 `torchrun --nproc_per_node N minimind-spec train ...` sets RANK / WORLD_SIZE / LOCAL_RANK;
 `setup()` then joins the group (gloo on CPU, NCCL on CUDA) and picks this rank's device. Each
@@ -7,15 +7,25 @@ optimizer step's rows are the same on every rank (the epoch order is seeded); ra
 r-th contiguous block of them, so N ranks with per-rank micro-batches of m see exactly the
 micro-batches one process sees with micro-batch m, and averaging gradients across ranks gives
 the same update. Only rank 0 logs and writes checkpoints.
+
+With `--fsdp` each decoder layer, then the whole model, is sharded with FSDP2 (`fully_shard`):
+every rank holds 1/N of the weights, gradients and optimizer state, and gathers one layer's
+weights at a time. Checkpoints stay in the single-process format: `full_state` gathers the
+weights and the optimizer state (by parameter index) on rank 0, and `load_full_state` hands a
+checkpoint back to every rank's shard, so a run may resume with or without FSDP.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from .checkpoint import model_tensors
 
 
 @dataclass(frozen=True)
@@ -77,3 +87,60 @@ def barrier(world: World) -> None:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shard(model: nn.Module) -> nn.Module:
+    """FSDP2: shard each decoder layer, then the rest (embeddings, final norm, head) as the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def _parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The optimizer's parameters by name, in its index order (param groups flattened)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, sharded: bool
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The full weights (tied tensors once) and optimizer state (parameters by index) on CPU.
+    Sharded, every rank must call it (it gathers); rank 0 gets the result, the others empty dicts."""
+    if not sharded:
+        return model_tensors(model), optimizer.state_dict() if optimizer is not None else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    if getattr(model, "tie_word_embeddings", False):
+        weights.pop("lm_head.weight", None)  # stored once, as model.embed_tokens.weight
+    if optimizer is None:
+        return weights, None
+    by_name = get_optimizer_state_dict(model, optimizer, options=options)
+    if not by_name:
+        return weights, {}
+    index = {name: i for i, name in enumerate(_parameter_names(model, optimizer))}
+    groups = [{**group, "params": [index[name] for name in group["params"]]} for group in by_name["param_groups"]]
+    return weights, {"state": {index[name]: value for name, value in by_name["state"].items()}, "param_groups": groups}
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, weights: dict[str, torch.Tensor],
+                    optimizer_state: dict[str, Any] | None, sharded: bool) -> None:
+    """Load full weights (and optimizer state by index) into `model` (sharded or not) on every rank."""
+    if not sharded:
+        raise ValueError("unsharded models load through export.load_weights_into and Optimizer.load_state_dict")
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    if getattr(model, "tie_word_embeddings", False) and "lm_head.weight" not in weights:
+        weights = {**weights, "lm_head.weight": weights["model.embed_tokens.weight"]}
+    set_model_state_dict(model, weights, options=options)
+    if optimizer is not None and optimizer_state is not None:
+        names = _parameter_names(model, optimizer)
+        by_name = {"state": {names[int(i)]: value for i, value in optimizer_state["state"].items()},
+                   "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
+                                    for group in optimizer_state["param_groups"]]}
+        set_optimizer_state_dict(model, optimizer, by_name, options=options)

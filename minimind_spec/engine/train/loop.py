@@ -27,12 +27,14 @@ import networkx as nx
 import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file
 from torch import nn
 
 from ...config import OptimConfig
 from ...errors import InputError
 from . import distributed
-from .checkpoint import CheckpointError, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, TrainState, latest_checkpoint, load_weights, read_optimizer_state, read_state,
+                         restore_random_state, save_checkpoint)
 from .optim import build_optimizer, lr_factor
 from .stages import StageRunner, collate
 
@@ -58,6 +60,9 @@ class LoopConfig:
     save_every: int = 50
     keep: int = 3
     max_bad_steps: int = 5
+    checkpoints: bool = True  # False: nothing is saved (a throughput probe)
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state (FSDP2) instead of DDP
+    compile: bool = False  # train through torch.compile(model) (the same parameters; evaluation stays eager)
     progress: bool = True
 
 
@@ -141,6 +146,16 @@ def _metrics_rows(path: Path, up_to_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def _save(config: LoopConfig, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
+          world: distributed.World, sharded: bool) -> None:
+    """A checkpoint by rank 0 (sharded, every rank first takes part in gathering the full state)."""
+    if world.is_main or sharded:
+        weights, optimizer_state = distributed.full_state(model, optimizer, sharded)
+        if world.is_main:
+            save_checkpoint(config.run_dir, weights, optimizer_state or {}, state, config.keep)
+    distributed.barrier(world)
+
+
 def run_stage(model: nn.Module, graph: nx.DiGraph, runner: StageRunner, config: LoopConfig, resume: bool = False,
               force: bool = False) -> StageResult:
     """Train `model` with `runner` for `config.max_steps` optimizer steps (resuming when asked).
@@ -153,16 +168,25 @@ def run_stage(model: nn.Module, graph: nx.DiGraph, runner: StageRunner, config: 
     if per_rank % micro:
         raise CheckpointError(f"the micro-batch {micro} does not divide the {per_rank} rows each process trains per step")
     config.run_dir.mkdir(parents=True, exist_ok=True)
+    sharded = config.fsdp and world.distributed
+    if sharded:
+        distributed.shard(model)  # before the optimizer: it holds the sharded parameters
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, graph, config.optim)
     state = TrainState(runner.kind, 0, 0, 0, 0, 0, config.spec_hash, config.seed)
     checkpoint = latest_checkpoint(config.run_dir)
     if resume and checkpoint is not None:
-        saved = load_checkpoint(checkpoint, model, optimizer)
+        saved = read_state(checkpoint)
         if saved.spec_hash != config.spec_hash and not force:
             raise CheckpointError(f"{checkpoint} was trained from another spec (hash {saved.spec_hash[:12]}, now "
                                   f"{config.spec_hash[:12]}); `minimind-spec diff` shows what changed; --force resumes anyway")
-        state = replace(saved, spec_hash=config.spec_hash)
+        if sharded:
+            distributed.load_full_state(model, optimizer, load_file(str(checkpoint / "model.safetensors")),
+                                        read_optimizer_state(checkpoint), sharded=True)
+        else:
+            load_weights(model, checkpoint)
+            optimizer.load_state_dict(read_optimizer_state(checkpoint))
+        state = replace(restore_random_state(checkpoint), spec_hash=config.spec_hash)
     elif checkpoint is not None and not resume and world.is_main:
         raise CheckpointError(f"{config.run_dir} already holds a run (at {checkpoint.name}): --resume continues it, "
                               "or choose another --out")
@@ -170,8 +194,10 @@ def run_stage(model: nn.Module, graph: nx.DiGraph, runner: StageRunner, config: 
         torch.manual_seed(config.seed)
     distributed.barrier(world)  # every rank has read the checkpoint before rank 0 may write the next one
     train_model: nn.Module = model
-    if world.distributed:
-        train_model = torch.nn.parallel.DistributedDataParallel(model)
+    if config.compile:
+        train_model = torch.compile(model)
+    if world.distributed and not sharded:
+        train_model = torch.nn.parallel.DistributedDataParallel(train_model)
     metrics_path = config.run_dir / METRICS_FILE
     if world.is_main:
         _metrics_rows(metrics_path, state.step)
@@ -196,7 +222,9 @@ def run_stage(model: nn.Module, graph: nx.DiGraph, runner: StageRunner, config: 
             for start in range(0, len(rows), micro):
                 batch = collate([runner.row(i) for i in rows[start:start + micro]], config.device)
                 last = start + micro >= len(rows)
-                sync = nullcontext() if last or not world.distributed else train_model.no_sync()  # type: ignore[operator]
+                if sharded:
+                    model.set_requires_gradient_sync(last)  # type: ignore[operator]  # reduce-scatter on the last only
+                sync = nullcontext() if last or not world.distributed or sharded else train_model.no_sync()  # type: ignore[operator]
                 with sync:
                     with _autocast(config):
                         loss, extra = runner.objective(train_model, batch)
@@ -215,28 +243,28 @@ def run_stage(model: nn.Module, graph: nx.DiGraph, runner: StageRunner, config: 
                 continue
             bad_streak = 0
             clip = config.optim.grad_clip if config.optim.grad_clip is not None else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+            norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
             optimizer.step()
             state = replace(state, step=state.step + 1, tokens_seen=state.tokens_seen + tokens)
             last_loss = loss_sum
             elapsed = time.perf_counter() - started
             row: dict[str, Any] = {"step": state.step, "loss": loss_sum, "lr": lr, "tokens": state.tokens_seen,
                                    "tokens_per_s": tokens / elapsed if elapsed else None, "grad_norm": grad_norm, **extra}
-            if config.eval_every and (state.step % config.eval_every == 0 or state.step == config.max_steps) and world.is_main:
-                eval_loss = evaluate(model, runner, config)  # the unwrapped model: no collective on one rank
+            if config.eval_every and (state.step % config.eval_every == 0 or state.step == config.max_steps) and (
+                    world.is_main or sharded):  # sharded, every rank takes part in the forward's gathers
+                eval_loss = evaluate(model, runner, config)  # not the DDP wrapper: no collective on one rank
                 if eval_loss is not None:
                     row |= {"eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 50.0))}
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
-            if state.step % config.save_every == 0 or state.step == config.max_steps or interrupt["stop"]:
-                if world.is_main:
-                    save_checkpoint(config.run_dir, model, optimizer, state, config.keep)
-                distributed.barrier(world)
+            if config.checkpoints and (state.step % config.save_every == 0 or state.step == config.max_steps or interrupt["stop"]):
+                _save(config, model, optimizer, state, world, sharded)
             progress.update(task, completed=state.step,
                             status=f"loss {loss_sum:.4f}  lr {lr:.2e}  {row['tokens_per_s'] or 0:,.0f} tok/s")
     final = latest_checkpoint(config.run_dir)
-    if world.is_main and (final is None or int(final.name.split("-")[1]) != state.step):
-        final = save_checkpoint(config.run_dir, model, optimizer, state, config.keep)
+    if config.checkpoints and (final is None or int(final.name.split("-")[1]) != state.step):
+        _save(config, model, optimizer, state, world, sharded)
     distributed.barrier(world)
     final = latest_checkpoint(config.run_dir) or config.run_dir
     return StageResult(state.step, last_loss, eval_loss, state.skipped_steps, interrupt["stop"], final)

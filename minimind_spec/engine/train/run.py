@@ -16,23 +16,30 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.markup import escape
 
-from ...config import ResolvedSpec
+from ...config import ResolvedSpec, flat_values, value_changes
 from ...errors import InputError
 from ...graph import ParamRole, build_graph
 from ...plan import StagePlan, TrainingPlan
 from ..compile import compile_graph
 from ..data.token_cache import build_token_cache
-from ..data.tokenizer import CONFIG_FILE, TOKENIZER_FILE, load_tokenizer
-from ..export import model_config_dict
+from ..data.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
+from ..data.tokenizer import TOKENIZER_FILE, load_tokenizer
+from ..export import CONFIG_FILE as MODEL_CONFIG_FILE
+from ..export import load_weights_into, model_config_dict
+from ..model_dir import find_model
 from ..trainability import set_trainable
 from . import distributed
-from .checkpoint import load_weights, model_tensors
+from .checkpoint import CheckpointError, latest_checkpoint, write_json_atomic
 from .loop import LoopConfig, StageResult, run_stage
 from .report import plot_loss, write_tensorboard
 from .stages import language_model_runner
 
 RUNNABLE = ("pretrain", "sft")
+RESOLVED_FILE = "resolved.json"  # in each stage directory: the resolved values it was trained with
+_stderr = Console(stderr=True)
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,8 @@ class RunOptions:
     force: bool = False
     deterministic: bool = False
     progress: bool = True
+    fsdp: bool = False  # under torchrun: FSDP2 instead of DDP
+    compile: bool = False  # torch.compile the model for training
 
 
 def pick_device(device: str) -> str:
@@ -63,26 +72,49 @@ def pick_device(device: str) -> str:
     return "cpu"
 
 
+def resolved_values(resolved: ResolvedSpec) -> dict[str, object]:
+    """Every resolved model and training value under a dotted key (`model.n_layers`)."""
+    return flat_values({"model": resolved.model, "training": resolved.training})
+
+
 def spec_hash(resolved: ResolvedSpec) -> str:
     """Hash of everything resolved about the model and training (what a resume must agree on)."""
-    payload = json.dumps({"model": dataclasses.asdict(resolved.model),
-                          "training": dataclasses.asdict(resolved.training) if resolved.training else None},
-                         sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return hashlib.sha256(json.dumps(resolved_values(resolved), sort_keys=True).encode()).hexdigest()
 
 
-def _write_final(stage_dir: Path, model: torch.nn.Module, resolved: ResolvedSpec, tokenizer_path: Path) -> Path:
+def _check_resume(stage_dir: Path, resolved: ResolvedSpec, options: RunOptions) -> None:
+    """Before a stage resumes: refuse (or, with --force, warn) when its resolved values changed,
+    listing each change; then record this run's values in `stage_dir/resolved.json` and the
+    model's `config.json`, so a checkpoint directory is also a model directory."""
+    record = stage_dir / RESOLVED_FILE
+    values = resolved_values(resolved)
+    if record.is_file() and latest_checkpoint(stage_dir) is not None:
+        if not options.resume:
+            return  # the loop refuses to overwrite the run; nothing is written here
+        changes = value_changes(json.loads(record.read_text()), values)
+        if changes and not options.force:
+            shown = "\n  ".join(changes[:20]) + (f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else "")
+            raise CheckpointError(f"{stage_dir} was trained from another spec; {len(changes)} resolved values changed:\n"
+                                  f"  {shown}\n--force resumes anyway")
+        for change in changes:
+            _stderr.print(f"[yellow]warning[/yellow]: resuming with a changed value (--force): {escape(change)}")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, values)
+    write_json_atomic(stage_dir / MODEL_CONFIG_FILE, model_config_dict(resolved))
+
+
+def _write_final(stage_dir: Path, weights: dict[str, torch.Tensor], resolved: ResolvedSpec, tokenizer_path: Path) -> Path:
     from safetensors.torch import save_file
 
     final = stage_dir / "final"
     staging = stage_dir / ".final.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model_tensors(model).items()}, str(staging / "model.safetensors"))
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(staging / "model.safetensors"))
     config = model_config_dict(resolved)
     config["minimind_spec"]["weights"] = "model.safetensors"
-    (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for name in (TOKENIZER_FILE, CONFIG_FILE):
+    (staging / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    for name in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):
         source = tokenizer_path.parent / name
         if source.is_file():
             shutil.copy(source, staging / name)
@@ -135,7 +167,7 @@ def _run_stage(resolved: ResolvedSpec, graph, stage: StagePlan, options: RunOpti
     runner = language_model_runner(stage.kind, cache, stage.seq_len, tokenizer.pad_id, stage.label_smoothing, options.pack)
     model = compile_graph(graph, device=device, seed=options.seed)
     if previous is not None:
-        load_weights(model, previous)
+        load_weights_into(model, find_model(previous).weights)
     set_trainable(model, graph, {ParamRole(role) for role in stage.trainable_roles})
     max_steps = stage.max_steps or max(1, math.ceil(stage.epochs * len(runner.train_rows) / stage.batch_size))
     autocast = torch.bfloat16 if resolved.model.dtype == "bfloat16" else None
@@ -143,12 +175,20 @@ def _run_stage(resolved: ResolvedSpec, graph, stage: StagePlan, options: RunOpti
         run_dir=options.out / stage.kind, optim=replace(resolved.training.optim, warmup=stage.warmup, grad_clip=stage.grad_clip),
         max_steps=max_steps, batch_size=stage.batch_size, micro_batch=stage.micro_batch, seed=options.seed,
         spec_hash=spec_hash(resolved), device=device, autocast_dtype=autocast, eval_every=options.eval_every,
-        save_every=options.save_every, keep=options.keep, progress=options.progress,
+        save_every=options.save_every, keep=options.keep, progress=options.progress, fsdp=options.fsdp,
+        compile=options.compile,
     )
+    if world.is_main:
+        _check_resume(options.out / stage.kind, resolved, options)
+    distributed.barrier(world)
     result = run_stage(model, graph, runner, config, resume=options.resume, force=options.force)
     if world.is_main:
         plot_loss(options.out / stage.kind, f"{resolved.name}: {stage.kind}")
         write_tensorboard(options.out / stage.kind)
-    if not result.interrupted and world.is_main:
-        _write_final(options.out / stage.kind, model, resolved, tokenizer.path)
+    sharded = options.fsdp and world.distributed
+    if not result.interrupted and (world.is_main or sharded):
+        weights, _ = distributed.full_state(model, None, sharded)  # sharded: every rank helps gather
+        if world.is_main:
+            _write_final(options.out / stage.kind, weights, resolved, tokenizer.path)
+    distributed.barrier(world)
     return result

@@ -1,0 +1,98 @@
+"""Find a trained model's files from whatever path the user gives: a model directory (as
+`build --out`, `export` and a stage's `final/` write it), a stage directory, a checkpoint, or a
+whole run directory. `generate`, `build --weights` and `export` all start here.
+
+A run directory holds one stage directory per trained stage (pretrain, sft, ...); each holds
+`config.json` (the model), `checkpoints/step-N/` and, once finished, `final/`. A checkpoint
+has the weights but not the config, which it takes from its stage directory. A run's latest
+model is the `final/` of its newest finished stage (dpo, distill, sft, pretrain); where no
+stage has finished, the newest stage's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from .data.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
+from .data.tokenizer import TOKENIZER_FILE
+from .export import CONFIG_FILE, WEIGHTS_FILE
+
+STAGES_NEWEST_FIRST = ("dpo", "distill", "sft", "pretrain")
+CHECKPOINT_STATE = "state.json"  # what marks a checkpoint directory (see train/checkpoint.py)
+LATEST = "latest"  # a stage directory's pointer to its newest checkpoint
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    config: Path  # config.json: the resolved model (under "minimind_spec") and HF Llama keys
+    weights: Path  # model.safetensors
+    tokenizer_dir: Path | None  # the directory holding tokenizer.json, when the run has one
+
+    @property
+    def tokenizer_files(self) -> tuple[Path, ...]:
+        """tokenizer.json and tokenizer_config.json, where the run has them (to copy alongside)."""
+        if self.tokenizer_dir is None:
+            return ()
+        return tuple(p for p in (self.tokenizer_dir / TOKENIZER_FILE, self.tokenizer_dir / TOKENIZER_CONFIG) if p.is_file())
+
+
+def _complete(directory: Path) -> bool:
+    return (directory / CONFIG_FILE).is_file() and (directory / WEIGHTS_FILE).is_file()
+
+
+def _checkpoint(stage_dir: Path) -> Path | None:
+    pointer = stage_dir / LATEST
+    if not pointer.is_file():
+        return None
+    checkpoint = stage_dir / pointer.read_text().strip()
+    return checkpoint if (checkpoint / WEIGHTS_FILE).is_file() and (checkpoint / CHECKPOINT_STATE).is_file() else None
+
+
+def _tokenizer_near(*directories: Path) -> Path | None:
+    """The first of `directories` (then their stage and run directories' `final/`s) with a tokenizer."""
+    candidates: list[Path] = []
+    for directory in directories:
+        candidates += [directory, directory / "final"]
+        candidates += [directory / stage / "final" for stage in STAGES_NEWEST_FIRST]
+    return next((c for c in candidates if (c / TOKENIZER_FILE).is_file()), None)
+
+
+def _stage_model(stage_dir: Path) -> ModelFiles | None:
+    """A stage directory's finished model, else its latest checkpoint (with the stage's config)."""
+    if _complete(stage_dir / "final"):
+        final = stage_dir / "final"
+        return ModelFiles(final / CONFIG_FILE, final / WEIGHTS_FILE, _tokenizer_near(final, stage_dir.parent))
+    checkpoint = _checkpoint(stage_dir)
+    if checkpoint is not None and (stage_dir / CONFIG_FILE).is_file():
+        return ModelFiles(stage_dir / CONFIG_FILE, checkpoint / WEIGHTS_FILE, _tokenizer_near(stage_dir.parent))
+    return None
+
+
+def find_model(path: Path) -> ModelFiles:
+    """The model at `path` (see the module docstring for the places looked in)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if path.is_file():
+        path = path.parent  # e.g. .../model.safetensors
+    if (path / CHECKPOINT_STATE).is_file() and (path / WEIGHTS_FILE).is_file():  # RUN/<stage>/checkpoints/step-N
+        stage_dir = path.parent.parent
+        if not (stage_dir / CONFIG_FILE).is_file():
+            raise InputError(f"{path}: a checkpoint without its stage's {CONFIG_FILE} (looked in {stage_dir})")
+        return ModelFiles(stage_dir / CONFIG_FILE, path / WEIGHTS_FILE, _tokenizer_near(stage_dir.parent))
+    if _complete(path) and not (path / LATEST).is_file():  # a model directory (a stage's final/ included)
+        return ModelFiles(path / CONFIG_FILE, path / WEIGHTS_FILE, _tokenizer_near(path, path.parent.parent))
+    found = _stage_model(path)  # a stage directory
+    if found is not None:
+        return found
+    for stage in STAGES_NEWEST_FIRST:  # a run directory: the newest finished stage
+        if _complete(path / stage / "final"):
+            return _stage_model(path / stage)  # type: ignore[return-value]
+    for stage in STAGES_NEWEST_FIRST:  # nothing finished: the newest stage's latest checkpoint
+        found = _stage_model(path / stage)
+        if found is not None:
+            return found
+    raise InputError(f"{path}: no trained model here (looked for {CONFIG_FILE} + {WEIGHTS_FILE} in it and in final/, "
+                     "a checkpoint, and each stage's final/ or latest checkpoint)")
