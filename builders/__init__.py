@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from .cache import StaticKVCache
 from .inference import generate
-from .lora import LoRAAdapter, Projection, load_lora_state_dict, lora_state_dict, merge_lora, unmerge_lora
+from .lora import (LoRAAdapter, Projection, adapters_disabled, has_adapters, load_lora_state_dict, lora_state_dict, merge_lora,
+                   unmerge_lora)
 from .model import CausalLMOutput, DecoderLayer, MiniMindForCausalLM, MiniMindModel
 from .registry import BUILDERS, builder_for
-from .techniques import IGNORE_INDEX, causal_lm_loss, sequence_log_probs, token_log_probs
+from .techniques import IGNORE_INDEX, causal_lm_loss, distill_loss, dpo_loss, sequence_log_probs, token_log_probs
 
 __all__ = [
     "BUILDERS", "IGNORE_INDEX", "CausalLMOutput", "DecoderLayer", "LoRAAdapter", "MiniMindForCausalLM", "MiniMindModel",
-    "Projection", "StaticKVCache", "builder_for", "causal_lm_loss", "generate", "load_lora_state_dict", "lora_state_dict",
-    "merge_lora", "sequence_log_probs", "token_log_probs", "unmerge_lora",
+    "Projection", "StaticKVCache", "adapters_disabled", "builder_for", "causal_lm_loss", "distill_loss", "dpo_loss",
+    "generate", "has_adapters", "load_lora_state_dict", "lora_state_dict", "merge_lora", "sequence_log_probs",
+    "token_log_probs", "unmerge_lora",
 ]

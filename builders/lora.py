@@ -10,6 +10,9 @@ zero, so a fresh adapter leaves the base model's output unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,11 +57,12 @@ class Projection(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.lora = lora
         self.merged = False
+        self.adapter_enabled = True  # False: the base projection alone (a DPO reference without a second copy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (..., in) -> (..., out)
         y = F.linear(x, self.weight)
-        if self.lora is not None and not self.merged:
+        if self.lora is not None and not self.merged and self.adapter_enabled:
             y = y + self.lora(x)
         return y
 
@@ -85,6 +89,25 @@ def build_lora(*, in_features: int, out_features: int, rank: int, alpha: float, 
 
 def build_linear(*, in_features: int, out_features: int, lora: LoRAAdapter | None = None) -> Projection:
     return Projection(in_features, out_features, lora)
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Inside, every unmerged adapter is skipped: the model computes as its base."""
+    projections = [m for m in model.modules() if isinstance(m, Projection) and m.lora is not None]
+    if any(m.merged for m in projections):
+        raise ValueError("adapters are merged into the weights; unmerge_lora(model) first")
+    for module in projections:
+        module.adapter_enabled = False
+    try:
+        yield
+    finally:
+        for module in projections:
+            module.adapter_enabled = True
+
+
+def has_adapters(model: nn.Module) -> bool:
+    return any(isinstance(m, Projection) and m.lora is not None for m in model.modules())
 
 
 def merge_lora(model: nn.Module) -> int:

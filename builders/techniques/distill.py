@@ -1,0 +1,63 @@
+"""Logit distillation (Hinton et al., 2015) as a pure function of student and teacher logits.
+
+Per trained token t (labels aligned with the inputs, as in `causal_lm`; position t predicts
+labels[t + 1]):
+    l_t = alpha * CE(student_t, label) + (1 - alpha) * D_t
+with D_t, by `kind`:
+- "KL":         T^2 * KL(softmax(teacher_t / T) || softmax(student_t / T))  (forward KL)
+- "reverse_KL": T^2 * KL(softmax(student_t / T) || softmax(teacher_t / T))
+- "MSE":        mean over the vocabulary of (student_t - teacher_t)^2 on raw logits
+The T^2 factor keeps the soft term's gradient scale independent of T. The loss is the weighted
+mean sum_t w_t l_t / sum_t w_t over the trained tokens, so `token_weights` (e.g. 0.5 inside
+`<think>` spans) weight both terms; with none every trained token counts 1.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .causal_lm import IGNORE_INDEX, shift_labels
+
+DistillKind = Literal["KL", "reverse_KL", "MSE"]
+DISTILL_KINDS: tuple[str, ...] = ("KL", "reverse_KL", "MSE")
+
+
+def divergence_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                         kind: DistillKind = "KL") -> torch.Tensor:
+    # student_logits, teacher_logits: (B, T, V) -> (B, T) the soft term D_t (T^2 included for the KL kinds)
+    student, teacher = student_logits.float(), teacher_logits.float()
+    if kind == "MSE":
+        return (student - teacher).pow(2).mean(dim=-1)
+    log_q = F.log_softmax(student / temperature, dim=-1)  # (B, T, V) student
+    log_p = F.log_softmax(teacher / temperature, dim=-1)  # (B, T, V) teacher
+    if kind == "KL":
+        kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    elif kind == "reverse_KL":
+        kl = (log_q.exp() * (log_q - log_p)).sum(dim=-1)
+    else:
+        raise ValueError(f"kind {kind!r}: one of {', '.join(DISTILL_KINDS)}")
+    return kl * temperature**2
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+                 alpha: float, token_weights: torch.Tensor | None = None, kind: DistillKind = "KL",
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted mean loss over trained tokens, and its parts {"ce", "soft"} (weighted means, detached)."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+                         "differ: teacher and student must share the tokenizer")
+    if temperature <= 0 or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"temperature must be > 0 and alpha in [0, 1], got {temperature} and {alpha}")
+    targets = shift_labels(labels)  # (B, T)
+    trained = targets != IGNORE_INDEX  # (B, T)
+    ce = F.cross_entropy(student_logits.float().reshape(-1, student_logits.shape[-1]), targets.reshape(-1),
+                         ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)  # (B, T)
+    soft = divergence_per_token(student_logits, teacher_logits, temperature, kind)  # (B, T)
+    weights = trained.float() if token_weights is None else token_weights.float() * trained  # (B, T)
+    total = weights.sum().clamp(min=1e-12)
+    loss = (weights * (alpha * ce + (1 - alpha) * soft)).sum() / total
+    parts = {"ce": ((weights * ce).sum() / total).detach(), "soft": ((weights * soft).sum() / total).detach()}
+    return loss, parts
