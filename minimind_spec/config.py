@@ -128,7 +128,7 @@ class DistillConfig:
     teacher_spec: Path | None  # the teacher's spec file, when distillation is on and it was found
     loss: Literal["KL", "reverse_KL", "MSE"]
     temperature: float
-    alpha: float  # weight of the distillation loss against the hard-label loss
+    alpha: float  # weight of the hard-label CE; the teacher term weighs 1 - alpha
     layers: tuple[int, ...]
     reasoning_token_masking: bool
     reasoning_token_weight: float

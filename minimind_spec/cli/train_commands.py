@@ -42,7 +42,8 @@ def train_command(
     dpo_data: Annotated[Path | None, _opt("--dpo-data", "--dpo_data", help='Preference JSONL ({"chosen", "rejected"}).')] = None,
     init: Annotated[Path | None, _opt("--init", help="Start from this trained base (a run, stage, checkpoint or model "
                                            "directory): pretraining is skipped.")] = None,
-    teacher: Annotated[Path | None, _opt("--teacher", help="The distillation teacher's checkpoint (run directory).")] = None,
+    teacher: Annotated[Path | None, _opt("--teacher", help="The distillation teacher's trained model (a run, stage, "
+                                         "checkpoint or model directory), with the student's tokenizer.")] = None,
     tokenizer: Annotated[Path | None, _opt("--tokenizer", help="Tokenizer directory (tokenizer.json); its size must equal "
                                            "the spec's vocab.")] = None,
     micro_batch: Annotated[int | None, _opt("--micro-batch", "--micro_batch", help="Sequences per forward pass; "
@@ -79,6 +80,8 @@ def train_command(
     fsdp: Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard weights, gradients and optimizer state over "
                                        "the processes (FSDP2) instead of replicating them (DDP); for models too large "
                                        "for one device. The plan shows the per-process memory.")] = False,
+    precompute_ref: Annotated[bool, typer.Option("--precompute-ref", help="DPO: compute the reference log-probs once, "
+                                                 "before training, so only the policy is in memory.")] = False,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (slower start, "
                                                 "faster steps on GPUs).")] = False,
     nproc: Annotated[int | None, _opt("--nproc", help="Processes the run will use (default: torchrun's WORLD_SIZE, "
@@ -120,7 +123,7 @@ def train_command(
         training_plan = _probe(resolved, training_plan, device)
     if not plan:
         _run(training_plan, spec, variant, overrides, tokenizer, out, init, seed, device, resume, force, no_pack,
-             skip_bad_lines, eval_every, save_every, deterministic, no_progress, fsdp, compile_model)
+             skip_bad_lines, eval_every, save_every, deterministic, no_progress, fsdp, compile_model, teacher, precompute_ref)
         return
     if as_json:
         print_json(plan_to_json(training_plan))
@@ -220,14 +223,15 @@ def print_plan(training_plan: TrainingPlan, source: str) -> None:
 def _run(training_plan: TrainingPlan, spec: Path, variant: str | None, overrides: TrainingOverrides, tokenizer: Path | None,
          out: Path | None, init: Path | None, seed: int, device: str, resume: bool, force: bool, no_pack: bool,
          skip_bad_lines: bool, eval_every: int, save_every: int, deterministic: bool, no_progress: bool, fsdp: bool,
-         compile_model: bool) -> None:
+         compile_model: bool, teacher: Path | None, precompute_ref: bool) -> None:
     if out is None or tokenizer is None:
         raise SpecError(Problem("", "a training run needs --out RUN_DIR and --tokenizer DIR", "or add --plan to see the plan"))
     from ..engine.train.run import RunOptions, run_plan
 
     options = RunOptions(out=out, tokenizer=tokenizer, seed=seed, device=device, pack=not no_pack, skip_bad_lines=skip_bad_lines,
                          eval_every=eval_every, save_every=save_every, resume=resume, force=force, deterministic=deterministic,
-                         progress=not no_progress, fsdp=fsdp, compile=compile_model)
+                         progress=not no_progress, fsdp=fsdp, compile=compile_model, teacher=teacher,
+                         precompute_ref=precompute_ref)
     results = run_plan(resolve(load_spec(spec), variant, overrides), training_plan, options, init)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun rank 0 reports

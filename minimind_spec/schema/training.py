@@ -72,7 +72,7 @@ class Distill(SpecModel):
     loss: Literal["KL", "reverse_KL", "MSE"] = Field(default="KL", description="Distillation loss.")
     temperature: PositiveFloat = Field(default=1.0, description="Softmax temperature of teacher and student logits.")
     layers: list[NonNegativeInt] = Field(default=[], description="Student layers whose hidden states are matched (type 'hidden').")
-    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = Field(default=0.5, description="Weight of the distillation loss against the hard-label loss.")
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = Field(default=0.5, description="Weight of the hard-label cross-entropy; the teacher term weighs 1 - alpha.")
     reasoning_token_masking: bool | None = Field(
         default=None, description="Weight reasoning-span tokens separately. Default: on when tricks lists 'reasoning-token-masking'."
     )

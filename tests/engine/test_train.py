@@ -24,57 +24,8 @@ from minimind_spec.engine import compile_graph
 from minimind_spec.engine.data.tokenizer import train_tokenizer
 from minimind_spec.engine.train.checkpoint import load_weights
 
-from ..conftest import ROOT, TINY
-
-WORDS = "the cat sat on a mat dog ran to big red ball two plus three is five four six".split()
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    rng = random.Random(0)
-    pretrain = root / "pretrain.jsonl"
-    pretrain.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30)))}) + "\n"
-                                for _ in range(400)))
-    sft = root / "sft.jsonl"
-    rows = []
-    for _ in range(120):
-        a, b = rng.randint(0, 4), rng.randint(0, 4)
-        rows.append(json.dumps({"conversations": [{"role": "user", "content": f"what is {a} plus {b}"},
-                                                  {"role": "assistant", "content": f"{a} plus {b} is {a + b}"}]}))
-    sft.write_text("\n".join(rows) + "\n")
-    tokenizer = train_tokenizer([pretrain, sft], 320, root / "tok", min_frequency=1)
-    spec = copy.deepcopy(TINY)
-    spec["hyperparams"] |= {"vocab": tokenizer.vocab_size, "dtype": "float32", "seq_len": 64}
-    spec["techniques"] = {"sft": {"enabled": True, "datasets": ["sft"], "epochs": 1}}
-    spec["optim"] = {"lr": 3e-3, "warmup": 2, "batch_size": 4}
-    (root / "tiny.json").write_text(json.dumps(spec))
-    return root
-
-
-def args(root, out, *extra):
-    return ["train", str(root / "tiny.json"), "--pretrain-data", str(root / "pretrain.jsonl"), "--sft-data",
-            str(root / "sft.jsonl"), "--tokenizer", str(root / "tok"), "--out", str(out), "--no-progress", *extra]
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def metrics(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def trained(workspace, tmp_path_factory):
-    """A finished two-stage run (30 pretraining steps, then 30 SFT steps) through the CLI."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    result = CliRunner().invoke(app, args(workspace, out, "--max-steps", "30", "--eval-every", "10", "--save-every", "10"))
-    assert result.exit_code == 0, result.output
-    return out
-
+from ..conftest import ROOT
+from .conftest import _has, args, metrics
 
 def test_pretrain_then_sft(workspace, trained, tmp_path):
     out = trained
@@ -163,7 +114,7 @@ class _Flaky:
     def __init__(self, runner, bad_steps):
         self.inner, self.bad_steps, self.calls = runner, set(bad_steps), 0
         self.kind = runner.kind
-        self.train_rows, self.eval_rows, self.row = runner.train_rows, runner.eval_rows, runner.row
+        self.train_rows, self.eval_rows, self.batch, self.watch = runner.train_rows, runner.eval_rows, runner.batch, runner.watch
 
     def objective(self, model, batch):
         self.calls += 1

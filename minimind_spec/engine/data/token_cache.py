@@ -9,6 +9,8 @@ changed file or tokenizer never reuses a stale cache. It holds:
   assistant spans) / inside a `<think>` block;
 - `offsets.bin`: int64 sample boundaries (n + 1 values);
 - `meta.json`: counts (samples, tokens, truncated samples, skipped lines with their numbers).
+A preference pair is two samples, chosen (2i) then rejected (2i + 1); a pair where either side
+keeps no response token within the length cap is a bad line (skipped with `skip_bad_lines`).
 The file is read as a stream in chunks and tokenized by worker processes, chunk results
 written in order, so peak memory does not grow with the file. The cache is built in a
 temporary directory and renamed into place: an interrupted build leaves nothing half-written.
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .chatml import IGNORE_INDEX, encode_conversation, encode_document
-from .records import Conversation, DataError, Document, RecordKind, parse_record
+from .records import Conversation, DataError, Document, PreferencePair, RecordKind, parse_record
 from .tokenizer import ChatTokenizer, load_tokenizer
 
 CACHE_FORMAT = 1
@@ -104,16 +106,26 @@ def _encode_chunk(job: tuple[RecordKind, int, list[str], int | None, bool], toke
                 return _Chunk(np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.uint8), [], 0, [], (line_no, why))
             skipped.append((line_no, why))
             continue
-        if isinstance(record, Document):
-            encoded = encode_document(tokenizer, record.text, max_length)
+        if isinstance(record, PreferencePair):  # two samples, chosen then rejected
+            sides = [encode_document(tokenizer, side, max_length) if isinstance(side, str)
+                     else encode_conversation(tokenizer, side, max_length) for side in (record.chosen, record.rejected)]
+            if not all(any(label != IGNORE_INDEX for label in side.labels[1:]) for side in sides):
+                why = f"no response token left within {max_length} tokens" if max_length else "a side has no response token"
+                if not skip_bad:
+                    return _Chunk(np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.uint8), [], 0, [], (line_no, why))
+                skipped.append((line_no, why))
+                continue
+        elif isinstance(record, Document):
+            sides = [encode_document(tokenizer, record.text, max_length)]
         else:
             assert isinstance(record, Conversation)
-            encoded = encode_conversation(tokenizer, record, max_length)
-        ids += encoded.input_ids
-        trained += [label != IGNORE_INDEX for label in encoded.labels]
-        reasoning += encoded.reasoning
-        lengths.append(len(encoded.input_ids))
-        truncated += encoded.truncated
+            sides = [encode_conversation(tokenizer, record, max_length)]
+        for encoded in sides:
+            ids += encoded.input_ids
+            trained += [label != IGNORE_INDEX for label in encoded.labels]
+            reasoning += encoded.reasoning
+            lengths.append(len(encoded.input_ids))
+            truncated += encoded.truncated
     return _Chunk(np.asarray(ids, np.int64), np.asarray(trained, np.uint8), np.asarray(reasoning, np.uint8),
                   lengths, truncated, skipped, None)
 

@@ -36,7 +36,7 @@ from . import distributed
 from .checkpoint import (CheckpointError, TrainState, latest_checkpoint, load_weights, read_optimizer_state, read_state,
                          restore_random_state, save_checkpoint)
 from .optim import build_optimizer, lr_factor
-from .stages import StageRunner, collate
+from .stages import StageRunner
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -94,23 +94,30 @@ def _next_rows(runner: StageRunner, state: TrainState, count: int, seed: int) ->
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, runner: StageRunner, config: LoopConfig) -> float | None:
-    """Mean held-out loss over the runner's eval rows (None when it has none)."""
+def evaluate(model: nn.Module, runner: StageRunner, config: LoopConfig) -> tuple[float | None, dict[str, float]]:
+    """The held-out loss over the runner's eval rows and the held-out means of its numeric metrics,
+    each batch weighted by its `eval_weight` ((None, {}) when there are no eval rows)."""
     rows = runner.eval_rows.tolist()
     if not rows:
-        return None
+        return None, {}
     was_training = model.training
     model.eval()
     total = weight = 0.0
+    sums: dict[str, float] = {}
     for start in range(0, len(rows), config.micro_batch):
-        batch = collate([runner.row(i) for i in rows[start:start + config.micro_batch]], config.device)
+        batch = runner.batch(rows[start:start + config.micro_batch], config.device)
         with _autocast(config):
-            loss, _ = runner.objective(model, batch)
-        n = int((batch.labels[:, 1:] != -100).sum())
+            loss, metrics = runner.objective(model, batch)
+        n = batch.eval_weight
         total += float(loss) * n
         weight += n
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                sums[key] = sums.get(key, 0.0) + float(value) * n
     model.train(was_training)
-    return total / weight if weight else None
+    if not weight:
+        return None, {}
+    return total / weight, {key: value / weight for key, value in sums.items()}
 
 
 def _autocast(config: LoopConfig):  # noqa: ANN202
@@ -220,7 +227,7 @@ def run_stage(model: nn.Module, graph: nx.DiGraph, runner: StageRunner, config: 
             optimizer.zero_grad(set_to_none=True)
             loss_sum, tokens, extra = 0.0, 0, {}
             for start in range(0, len(rows), micro):
-                batch = collate([runner.row(i) for i in rows[start:start + micro]], config.device)
+                batch = runner.batch(rows[start:start + micro], config.device)
                 last = start + micro >= len(rows)
                 if sharded:
                     model.set_requires_gradient_sync(last)  # type: ignore[operator]  # reduce-scatter on the last only
@@ -253,9 +260,17 @@ def run_stage(model: nn.Module, graph: nx.DiGraph, runner: StageRunner, config: 
                                    "tokens_per_s": tokens / elapsed if elapsed else None, "grad_norm": grad_norm, **extra}
             if config.eval_every and (state.step % config.eval_every == 0 or state.step == config.max_steps) and (
                     world.is_main or sharded):  # sharded, every rank takes part in the forward's gathers
-                eval_loss = evaluate(model, runner, config)  # not the DDP wrapper: no collective on one rank
+                eval_loss, eval_metrics = evaluate(model, runner, config)  # not the DDP wrapper: no collective on one rank
                 if eval_loss is not None:
-                    row |= {"eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 50.0))}
+                    row |= {"eval_loss": eval_loss, **{f"eval_{key}": value for key, value in eval_metrics.items()}}
+                    if "lm_loss" in eval_metrics:  # a language-model objective: its held-out perplexity
+                        row["eval_perplexity"] = math.exp(min(eval_metrics["lm_loss"], 50.0))
+            warnings = runner.watch(state.step, row)
+            if warnings:
+                row["warnings"] = warnings
+                for warning in warnings:
+                    if world.is_main:
+                        progress.console.print(f"[yellow]warning[/yellow]: {warning}")
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
             if config.checkpoints and (state.step % config.save_every == 0 or state.step == config.max_steps or interrupt["stop"]):

@@ -28,13 +28,13 @@ from ..compile import compile_graph
 from ..data.packing import Row
 from ..trainability import set_trainable
 from .loop import METRICS_FILE, LoopConfig, run_stage
-from .stages import Batch, LanguageModelRunner
+from .stages import Batch, LanguageModelRunner, RowRunner
 
 PROBED_KINDS = ("pretrain", "sft")  # stages whose objective runs in this version
 
 
 @dataclass
-class RandomRows:
+class RandomRows(RowRunner):
     """A stage runner over `count` rows of uniformly random token ids, every position trained."""
 
     kind: str

@@ -2,7 +2,8 @@
 load the previous stage's weights (or `--init`), set the stage's trainable roles, and hand
 everything to the loop. Each stage writes `RUN_DIR/<stage>/` (checkpoints, metrics.jsonl) and
 its result to `RUN_DIR/<stage>/final/` (model.safetensors, config.json, the tokenizer), which
-the next stage starts from. Pretraining and SFT run here; the other stages are planned only.
+the next stage starts from. Pretraining and SFT train the causal-LM objective, distillation adds
+a frozen teacher (`--teacher`), DPO a frozen reference (see `preference`).
 """
 
 from __future__ import annotations
@@ -28,16 +29,20 @@ from ..data.token_cache import build_token_cache
 from ..data.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
 from ..data.tokenizer import TOKENIZER_FILE, load_tokenizer
 from ..export import CONFIG_FILE as MODEL_CONFIG_FILE
-from ..export import load_weights_into, model_config_dict
+from ..data.packing import sample_layout
+from ..export import load_model, load_weights_into, model_config_dict, read_model_config
 from ..model_dir import find_model
 from ..trainability import set_trainable
 from . import distributed
 from .checkpoint import CheckpointError, latest_checkpoint, write_json_atomic
 from .loop import LoopConfig, StageResult, run_stage
 from .report import plot_loss, write_tensorboard
+from .distillation import DistillationRunner, frozen_teacher
+from .monitors import ExpertLoadWatch
+from .preference import PreferenceRunner, frozen_copy, precompute_reference
 from .stages import language_model_runner
 
-RUNNABLE = ("pretrain", "sft")
+RUNNABLE = ("pretrain", "sft", "distill", "dpo")
 RESOLVED_FILE = "resolved.json"  # in each stage directory: the resolved values it was trained with
 _stderr = Console(stderr=True)
 
@@ -60,6 +65,8 @@ class RunOptions:
     progress: bool = True
     fsdp: bool = False  # under torchrun: FSDP2 instead of DDP
     compile: bool = False  # torch.compile the model for training
+    teacher: Path | None = None  # the distillation teacher's trained model (a run, stage, checkpoint or model directory)
+    precompute_ref: bool = False  # DPO: reference log-probs computed once before training (no reference in memory)
 
 
 def pick_device(device: str) -> str:
@@ -151,10 +158,46 @@ def run_plan(resolved: ResolvedSpec, plan: TrainingPlan, options: RunOptions, in
     return results
 
 
+CACHE_KIND = {"pretrain": "pretrain", "sft": "conversation", "distill": "conversation", "dpo": "preference"}
+
+
+def _runner(stage: StagePlan, resolved: ResolvedSpec, cache, model: torch.nn.Module, tokenizer, options: RunOptions,  # noqa: ANN001
+            device: str):  # noqa: ANN202
+    """The stage's runner: its rows and objective (and, for DPO and distillation, the frozen model)."""
+    assert resolved.training is not None
+    if stage.kind in ("pretrain", "sft"):
+        return language_model_runner(stage.kind, cache, stage.seq_len, tokenizer.pad_id, stage.label_smoothing, options.pack)
+    if stage.kind == "distill":
+        distill = resolved.training.distill
+        if distill.kind != "logit":
+            raise InputError(f"{distill.kind} distillation is not supported; set techniques.distill.kind to \"logit\"")
+        if options.teacher is None:
+            raise InputError("distillation needs the teacher's trained model: --teacher RUN_DIR")
+        teacher_files = find_model(options.teacher)
+        teacher_config = read_model_config(teacher_files.config)
+        if teacher_config.model.vocab_size != resolved.model.vocab_size:
+            raise InputError(f"the teacher's vocab is {teacher_config.model.vocab_size:,} but the student's is "
+                             f"{resolved.model.vocab_size:,}: teacher and student must share the tokenizer")
+        teacher = frozen_teacher(load_model(teacher_files.config, teacher_files.weights, device=device), device)
+        layout = sample_layout(cache, stage.seq_len, options.pack)
+        return DistillationRunner(stage.kind, cache, layout, tokenizer.pad_id, stage.label_smoothing, teacher=teacher,
+                                  temperature=distill.temperature, alpha=distill.alpha, divergence=distill.loss,
+                                  reasoning_weight=distill.reasoning_token_weight if distill.reasoning_token_masking else None)
+    dpo = resolved.training.dpo
+    lora_only = set(stage.trainable_roles) == {str(ParamRole.LORA)}
+    mode = "precomputed" if options.precompute_ref else "adapters" if lora_only else "copy"
+    runner = PreferenceRunner(stage.kind, cache, tokenizer.pad_id, dpo.beta, dpo.loss, mode)  # type: ignore[arg-type]
+    if mode == "copy":
+        runner.reference = frozen_copy(model)
+    elif mode == "precomputed":
+        runner.reference_logps = precompute_reference(runner, model, device, stage.micro_batch)
+    return runner
+
+
 def _run_stage(resolved: ResolvedSpec, graph, stage: StagePlan, options: RunOptions, device: str, cache_dir: Path,  # noqa: ANN001
                tokenizer, previous: Path | None, world: distributed.World) -> StageResult:  # noqa: ANN001
     assert stage.data is not None and resolved.training is not None
-    kind = "pretrain" if stage.kind == "pretrain" else "conversation"
+    kind = CACHE_KIND[stage.kind]
 
     def tokenized():  # noqa: ANN202
         return build_token_cache(stage.data, tokenizer, kind, cache_dir, max_length=None if kind == "pretrain" else stage.seq_len,
@@ -164,11 +207,13 @@ def _run_stage(resolved: ResolvedSpec, graph, stage: StagePlan, options: RunOpti
         tokenized()  # rank 0 tokenizes; the others then find the finished cache
     distributed.barrier(world)
     cache = tokenized()
-    runner = language_model_runner(stage.kind, cache, stage.seq_len, tokenizer.pad_id, stage.label_smoothing, options.pack)
     model = compile_graph(graph, device=device, seed=options.seed)
     if previous is not None:
         load_weights_into(model, find_model(previous).weights)
     set_trainable(model, graph, {ParamRole(role) for role in stage.trainable_roles})
+    runner = _runner(stage, resolved, cache, model, tokenizer, options, device)
+    if resolved.model.moe is not None:
+        runner.load_watch = ExpertLoadWatch()
     max_steps = stage.max_steps or max(1, math.ceil(stage.epochs * len(runner.train_rows) / stage.batch_size))
     autocast = torch.bfloat16 if resolved.model.dtype == "bfloat16" else None
     config = LoopConfig(

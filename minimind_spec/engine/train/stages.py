@@ -20,6 +20,7 @@ from builders.techniques import causal_lm_loss
 
 from ..data.packing import Row, RowLayout, sample_layout, sample_row, stream_layout, stream_row
 from ..data.token_cache import TokenCache
+from .monitors import ExpertLoadWatch, moe_metrics
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,11 @@ class Batch:
     labels: torch.Tensor  # (B, T) int64, -100 where not trained
     reasoning: torch.Tensor  # (B, T) bool
     real_tokens: int  # non-padding positions
+
+    @property
+    def eval_weight(self) -> float:
+        """The batch's weight in a held-out mean: its trained (predicted) tokens."""
+        return float((self.labels[:, 1:] != -100).sum())
 
 
 def collate(rows: list[Row], device: torch.device | str) -> Batch:
@@ -39,7 +45,17 @@ def collate(rows: list[Row], device: torch.device | str) -> Batch:
     )
 
 
+class StageBatch(Protocol):
+    real_tokens: int  # non-padding tokens (throughput counts these only)
+
+    @property
+    def eval_weight(self) -> float: ...  # the batch's weight in a held-out mean
+
+
 class StageRunner(Protocol):
+    """What the loop needs from a stage: its rows, how rows become a batch, the objective, and
+    (optionally noisy) checks on each step's metrics."""
+
     kind: str
 
     @property
@@ -48,13 +64,30 @@ class StageRunner(Protocol):
     @property
     def eval_rows(self) -> np.ndarray: ...  # held-out row indices
 
-    def row(self, index: int) -> Row: ...
+    def batch(self, indices: list[int], device: torch.device | str) -> StageBatch: ...
 
-    def objective(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def objective(self, model: nn.Module, batch: StageBatch) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def watch(self, step: int, metrics: dict[str, float]) -> list[str]: ...  # warnings about this step, if any
+
+
+class RowRunner:
+    """Shared by runners whose batch is a stack of `Row`s (`row(i)`), with nothing to watch but MoE load."""
+
+    load_watch: ExpertLoadWatch | None = None  # set for MoE models
+
+    def row(self, index: int) -> Row:
+        raise NotImplementedError
+
+    def batch(self, indices: list[int], device: torch.device | str) -> Batch:
+        return collate([self.row(i) for i in indices], device)
+
+    def watch(self, step: int, metrics: dict[str, float]) -> list[str]:
+        return self.load_watch.update(step, metrics) if self.load_watch is not None else []
 
 
 @dataclass
-class LanguageModelRunner:
+class LanguageModelRunner(RowRunner):
     """Pretraining (token stream) and SFT (packed conversations): next-token cross-entropy on the
     labelled positions, plus the MoE balance loss when the model has one."""
 
@@ -88,12 +121,10 @@ class LanguageModelRunner:
     def objective(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         out = model(batch.input_ids)
         lm = causal_lm_loss(out.logits, batch.labels, label_smoothing=self.label_smoothing)
-        metrics = {"lm_loss": float(lm.detach())}
+        metrics: dict[str, object] = {"lm_loss": float(lm.detach())}
         if out.expert_counts is not None:
-            counts = out.expert_counts.float()  # (MoE layers, E)
-            cv = counts.std(dim=-1, unbiased=False) / counts.mean(dim=-1).clamp(min=1e-9)
-            metrics |= {"aux_loss": float(out.aux_loss.detach()), "expert_load_cv": float(cv.mean())}
-        return lm + out.aux_loss, metrics
+            metrics |= moe_metrics(out.aux_loss, out.expert_counts)
+        return lm + out.aux_loss, metrics  # type: ignore[return-value]
 
 
 def language_model_runner(kind: str, cache: TokenCache, seq_len: int, pad_id: int, label_smoothing: float,

@@ -1,0 +1,104 @@
+"""Watches on a stage's per-step metrics that make the card's key risks visible while training:
+MoE load imbalance, and DPO divergence or a policy that does not move. Each `update(step,
+metrics)` returns warnings (a line each, naming the step and what was seen); the loop prints
+them and stores them in the step's metrics row. A watch warns when its condition starts
+holding, not again while it keeps holding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+FAIR_SHARE_FLOOR = 0.25  # an expert under 1/4 of its fair share of the routed tokens is starved
+
+
+def moe_metrics(aux_loss: torch.Tensor, expert_counts: torch.Tensor) -> dict[str, object]:
+    """The aux loss, and per MoE layer the tokens routed to each expert and their coefficient of variation."""
+    counts = expert_counts.detach().float().cpu()  # (MoE layers, E)
+    cv = counts.std(dim=-1, unbiased=False) / counts.mean(dim=-1).clamp(min=1e-9)  # (MoE layers,)
+    return {"aux_loss": float(aux_loss.detach()), "expert_load_cv": float(cv.mean()),
+            "expert_load_cv_per_layer": [round(float(v), 4) for v in cv],
+            "expert_tokens": counts.to(torch.int64).tolist()}
+
+
+@dataclass
+class ExpertLoadWatch:
+    """Warns when, over the last `window` steps, an expert of some layer received under
+    FAIR_SHARE_FLOOR of its fair share (total routed tokens / experts)."""
+
+    window: int = 20
+    _recent: deque = field(default_factory=deque)
+    _starved: set[int] = field(default_factory=set)  # layers currently warned about
+
+    def update(self, step: int, metrics: dict[str, object]) -> list[str]:
+        counts = metrics.get("expert_tokens")
+        if counts is None:
+            return []
+        self._recent.append(np.asarray(counts, dtype=np.float64))
+        if len(self._recent) > self.window:
+            self._recent.popleft()
+        if len(self._recent) < self.window:
+            return []
+        total = np.sum(self._recent, axis=0)  # (layers, E)
+        warnings = []
+        for layer, row in enumerate(total):
+            fair = row.sum() / len(row)
+            share = row.min() / fair if fair > 0 else 1.0
+            if share < FAIR_SHARE_FLOOR and layer not in self._starved:
+                self._starved.add(layer)
+                warnings.append(f"step {step}: MoE layer {layer}: expert {int(row.argmin())} received {share:.0%} of its fair "
+                                f"share of tokens over the last {self.window} steps (load imbalance; is the aux loss on?)")
+            elif share >= FAIR_SHARE_FLOOR:
+                self._starved.discard(layer)
+        return warnings
+
+
+@dataclass
+class DPOWatch:
+    """Warns when the reward margin diverges, when the chosen log-prob falls while the margin
+    grows (both likelihoods collapsing), or when the loss sits at ln 2 (the policy is not moving)."""
+
+    window: int = 20
+    margin_limit: float = 20.0  # |margin| beyond this (in reward units) counts as diverging
+    flat_tolerance: float = 1e-3
+    _margins: deque = field(default_factory=deque)
+    _chosen: deque = field(default_factory=deque)
+    _losses: deque = field(default_factory=deque)
+    _active: set[str] = field(default_factory=set)
+
+    def _once(self, key: str, holds: bool, message: str) -> list[str]:
+        if holds and key not in self._active:
+            self._active.add(key)
+            return [message]
+        if not holds:
+            self._active.discard(key)
+        return []
+
+    def update(self, step: int, metrics: dict[str, object]) -> list[str]:
+        margin, chosen, loss = metrics.get("rewards/margins"), metrics.get("logps/chosen"), metrics.get("loss")
+        if margin is None or chosen is None or loss is None:
+            return []
+        for queue, value in ((self._margins, margin), (self._chosen, chosen), (self._losses, loss)):
+            queue.append(float(value))  # type: ignore[arg-type]
+            if len(queue) > self.window:
+                queue.popleft()
+        warnings = self._once("diverging", not math.isfinite(float(margin)) or abs(float(margin)) > self.margin_limit,  # type: ignore[arg-type]
+                              f"step {step}: the reward margin is {float(margin):.3g}, beyond +-{self.margin_limit:g}: "  # type: ignore[arg-type]
+                              "DPO is diverging (lower the lr or raise beta)")
+        if len(self._margins) == self.window:
+            x = np.arange(self.window, dtype=np.float64)
+            margin_slope = np.polyfit(x, np.asarray(self._margins), 1)[0]
+            chosen_slope = np.polyfit(x, np.asarray(self._chosen), 1)[0]
+            warnings += self._once("collapsing", margin_slope > 0 and chosen_slope < 0 and
+                                   self._chosen[-1] < self._chosen[0] - 1.0,
+                                   f"step {step}: the chosen log-prob fell by {self._chosen[0] - self._chosen[-1]:.2f} over the "
+                                   f"last {self.window} steps while the margin grew: both likelihoods are collapsing")
+            flat = all(abs(v - math.log(2)) < self.flat_tolerance for v in self._losses)
+            warnings += self._once("flat", flat, f"step {step}: the loss has stayed at ln 2 for {self.window} steps: "
+                                                 "the policy is not moving away from the reference (check the lr)")
+        return warnings

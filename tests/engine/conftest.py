@@ -1,0 +1,72 @@
+"""Shared by the engine tests: a generated corpus (pretraining text, arithmetic conversations,
+preference pairs), a tokenizer trained on it, a tiny spec, and one finished two-stage run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import pytest
+from typer.testing import CliRunner
+
+from minimind_spec.cli import app
+from minimind_spec.engine.data.tokenizer import train_tokenizer
+
+from ..conftest import TINY
+
+WORDS = "the cat sat on a mat dog ran to big red ball two plus three is five four six".split()
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    rng = random.Random(0)
+    pretrain = root / "pretrain.jsonl"
+    pretrain.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30)))}) + "\n"
+                                for _ in range(400)))
+    sft = root / "sft.jsonl"
+    rows = []
+    for _ in range(120):
+        a, b = rng.randint(0, 4), rng.randint(0, 4)
+        rows.append(json.dumps({"conversations": [{"role": "user", "content": f"what is {a} plus {b}"},
+                                                  {"role": "assistant", "content": f"{a} plus {b} is {a + b}"}]}))
+    sft.write_text("\n".join(rows) + "\n")
+    tokenizer = train_tokenizer([pretrain, sft], 320, root / "tok", min_frequency=1)
+    spec = copy.deepcopy(TINY)
+    spec["hyperparams"] |= {"vocab": tokenizer.vocab_size, "dtype": "float32", "seq_len": 64}
+    spec["techniques"] = {"sft": {"enabled": True, "datasets": ["sft"], "epochs": 1}}
+    spec["optim"] = {"lr": 3e-3, "warmup": 2, "batch_size": 4}
+    (root / "tiny.json").write_text(json.dumps(spec))
+    pairs = []
+    for _ in range(80):  # the right sum against a wrong one
+        a, b = rng.randint(0, 4), rng.randint(0, 4)
+        prompt = [{"role": "user", "content": f"what is {a} plus {b}"}]
+        pairs.append(json.dumps({"chosen": prompt + [{"role": "assistant", "content": f"{a} plus {b} is {a + b}"}],
+                                 "rejected": prompt + [{"role": "assistant", "content": f"{a} plus {b} is {a + b + 1}"}]}))
+    (root / "pairs.jsonl").write_text("\n".join(pairs) + "\n")
+    return root
+
+
+def args(root, out, *extra):
+    return ["train", str(root / "tiny.json"), "--pretrain-data", str(root / "pretrain.jsonl"), "--sft-data",
+            str(root / "sft.jsonl"), "--tokenizer", str(root / "tok"), "--out", str(out), "--no-progress", *extra]
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def metrics(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def trained(workspace, tmp_path_factory):
+    """A finished two-stage run (30 pretraining steps, then 30 SFT steps) through the CLI."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    result = CliRunner().invoke(app, args(workspace, out, "--max-steps", "30", "--eval-every", "10", "--save-every", "10"))
+    assert result.exit_code == 0, result.output
+    return out
