@@ -30,6 +30,7 @@ from builders.techniques import IGNORE_INDEX, dpo_loss, sequence_log_probs
 
 from ..data.token_cache import TokenCache
 from .monitors import DPOWatch, ExpertLoadWatch, moe_metrics
+from .stages import held_out_split
 
 ReferenceMode = Literal["adapters", "copy", "precomputed"]
 
@@ -65,17 +66,7 @@ class PreferenceRunner:
         pairs = len(self.cache) // 2
         if pairs == 0:
             raise ValueError("the preference data holds no usable pair")
-        held_out = min(self.max_eval_rows, int(pairs * self.eval_fraction)) if pairs >= 20 else 0
-        self._train = np.arange(pairs - held_out)
-        self._eval = np.arange(pairs - held_out, pairs)
-
-    @property
-    def train_rows(self) -> np.ndarray:
-        return self._train
-
-    @property
-    def eval_rows(self) -> np.ndarray:
-        return self._eval
+        self.train_rows, self.eval_rows = held_out_split(pairs, self.eval_fraction, self.max_eval_rows)
 
     def batch(self, indices: list[int], device: torch.device | str) -> PairBatch:
         samples = [s for pair in indices for s in (2 * pair, 2 * pair + 1)]

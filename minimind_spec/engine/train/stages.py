@@ -71,6 +71,12 @@ class StageRunner(Protocol):
     def watch(self, step: int, metrics: dict[str, float]) -> list[str]: ...  # warnings about this step, if any
 
 
+def held_out_split(rows: int, fraction: float, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows): the last `fraction` of the rows (at most `max_rows`, none under 20 rows)."""
+    held_out = min(max_rows, int(rows * fraction)) if rows >= 20 else 0
+    return np.arange(rows - held_out), np.arange(rows - held_out, rows)
+
+
 class RowRunner:
     """Shared by runners whose batch is a stack of `Row`s (`row(i)`), with nothing to watch but MoE load."""
 
@@ -100,18 +106,7 @@ class LanguageModelRunner(RowRunner):
     max_eval_rows: int = 64
 
     def __post_init__(self) -> None:
-        rows = self.layout.rows
-        held_out = min(self.max_eval_rows, int(rows * self.eval_fraction)) if rows >= 20 else 0
-        self._train = np.arange(rows - held_out)
-        self._eval = np.arange(rows - held_out, rows)
-
-    @property
-    def train_rows(self) -> np.ndarray:
-        return self._train
-
-    @property
-    def eval_rows(self) -> np.ndarray:
-        return self._eval
+        self.train_rows, self.eval_rows = held_out_split(self.layout.rows, self.eval_fraction, self.max_eval_rows)
 
     def row(self, index: int) -> Row:
         if self.layout.stream_rows:
