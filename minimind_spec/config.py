@@ -158,6 +158,11 @@ class TrainingOverrides:
     epochs: int | None = None
     dpo_beta: float | None = None
     temperature: float | None = None
+    lora: bool | None = None  # --lora / --no-lora: techniques.lora.enabled
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_targets: tuple[str, ...] | None = None  # --lora-targets q_proj,v_proj: the placements
+    bf16: bool | None = None  # --bf16: hyperparams.dtype bfloat16 (autocast, fp32 master weights)
 
 
 @dataclass(frozen=True)
@@ -202,3 +207,11 @@ def value_changes(before: dict[str, object], after: dict[str, object]) -> list[s
     absent = "(absent)"
     return [f"{key}: {json.dumps(before.get(key, absent))} -> {json.dumps(after.get(key, absent))}"
             for key in sorted(set(before) | set(after)) if before.get(key, absent) != after.get(key, absent)]
+
+
+COMPUTE_ONLY = ("dtype", "attention_backend")  # how a model computes, not what its weights mean
+
+
+def weight_values(model: ModelConfig) -> dict[str, object]:
+    """`flat_values` of a model without the compute-only settings: what trained weights must agree on."""
+    return {key: value for key, value in flat_values(model).items() if key not in COMPUTE_ONLY}

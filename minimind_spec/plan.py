@@ -31,6 +31,7 @@ from .config import ResolvedSpec
 from .errors import Problem, SpecError
 from .graph import BASE_ROLES, Costs, ParamRole, build_graph, graph_costs, params_with_roles
 from .graph.costs import DTYPE_BYTES
+from .graph.declared import lora_declared_problems
 
 StageKind = Literal["pretrain", "sft", "distill", "dpo"]
 STAGE_ORDER: tuple[StageKind, ...] = ("pretrain", "sft", "distill", "dpo")
@@ -115,6 +116,7 @@ class StagePlan:
     wall_seconds: float | None
     tokens_per_s: float | None  # the throughput behind wall_seconds
     throughput_source: str | None  # "cli: --tokens-per-s" or "probe: ..."
+    declared: tuple[str, ...]  # the spec's declared trainable numbers that the stage contradicts (LoRA)
     blocked: str | None  # why the stage cannot run; None when it can
     unblock: str | None  # the flag that fixes it
     provenance: dict[str, str]
@@ -219,7 +221,7 @@ class _StageBuilder:
         optim = training.optim
         provenance: dict[str, str] = {}
         roles = frozenset({ParamRole.LORA}) if self.has_lora and kind != "pretrain" else BASE_ROLES
-        provenance["trainable_roles"] = ("spec:/techniques/lora/enabled (adapter mode of post-training)"
+        provenance["trainable_roles"] = (f"{resolved.provenance.get('model.lora.enabled', 'spec')} (adapter mode of post-training)"
                                          if roles == {ParamRole.LORA} else "default (the whole base model)")
         costs = costs_by_roles.setdefault(roles, graph_costs(self.graph, resolved.model, roles))
         batch, seq_len, warmup, grad_clip = self.settings(kind, provenance)
@@ -292,6 +294,9 @@ class _StageBuilder:
             train_flops=tokens * per_token if tokens is not None else None, memory=memory,
             wall_seconds=tokens / inputs.tokens_per_s if tokens is not None and inputs.tokens_per_s else None,
             tokens_per_s=inputs.tokens_per_s, throughput_source="cli: --tokens-per-s" if inputs.tokens_per_s else None,
+            declared=tuple(f"{p.path}: {p.message}" for p in lora_declared_problems(resolved, costs.trainable_params,
+                                                                                     costs.total_params))
+            if roles == {ParamRole.LORA} else (),
             blocked=blocked, unblock=unblock,
             provenance={"lr": resolved.provenance["training.optim.lr"], **provenance},
         )

@@ -22,7 +22,8 @@ from .config import (
     SFTConfig, TrainingConfig, TrainingOverrides,
 )
 from .errors import Problem, SpecError, pointer
-from .schema import Spec, YarnRopeScaling
+from .schema import PROJECTIONS, Spec, YarnRopeScaling
+from .suggest import did_you_mean
 
 
 class _Recorder:
@@ -112,15 +113,26 @@ def _resolve_moe(spec: Spec, variant: str | None, mlp_hidden: int, record: _Reco
     )
 
 
-def _resolve_lora(spec: Spec, record: _Recorder) -> LoRAConfig | None:
+CARD_LORA_TARGETS = ("q_proj", "v_proj")  # the card's LoRA recipe: target_modules=["q_proj","v_proj"]
+
+
+def _resolve_lora(spec: Spec, record: _Recorder, cli: TrainingOverrides) -> LoRAConfig | None:
     lora, path = spec.techniques.lora, ("techniques", "lora")
-    if not lora.enabled:
+    if not record.take("model.lora.enabled", lora, "enabled", path, cli=("--lora", cli.lora)):
         return None
+    targets = record.take("model.lora.targets", lora, "placements", path, cli=("--lora-targets", cli.lora_targets))
+    if not targets:
+        targets = record.set("model.lora.targets", CARD_LORA_TARGETS,
+                             "card recipe: target_modules q_proj, v_proj (no placements given)")
+    unknown = [t for t in targets if t not in PROJECTIONS]
+    if unknown:
+        raise SpecError(Problem("/techniques/lora/placements", f"unknown LoRA target {unknown[0]!r}",
+                                did_you_mean(unknown[0], PROJECTIONS, f"one of: {', '.join(PROJECTIONS)}")))
     return LoRAConfig(
-        rank=record.take("model.lora.rank", lora, "rank", path),
-        alpha=record.take("model.lora.alpha", lora, "alpha", path),
+        rank=record.take("model.lora.rank", lora, "rank", path, cli=("--lora-rank", cli.lora_rank)),
+        alpha=record.take("model.lora.alpha", lora, "alpha", path, cli=("--lora-alpha", cli.lora_alpha)),
         dropout=record.take("model.lora.dropout", lora, "dropout", path),
-        targets=tuple(dict.fromkeys(record.take("model.lora.targets", lora, "placements", path))),
+        targets=tuple(dict.fromkeys(targets)),
     )
 
 
@@ -135,7 +147,7 @@ def _resolve_backend(spec: Spec, variant: str | None, record: _Recorder) -> Atte
     return record.set("model.attention_backend", "sdpa", "default (auto: PyTorch SDPA)")
 
 
-def _resolve_model(spec: Spec, variant: str | None, record: _Recorder) -> ModelConfig:
+def _resolve_model(spec: Spec, variant: str | None, record: _Recorder, cli: TrainingOverrides) -> ModelConfig:
     hyperparams, hpath = spec.hyperparams, ("hyperparams",)
     backbone, bpath = spec.backbone, ("backbone",)
     for key in ("vocab", "d_model", "n_layers", "n_heads", "seq_len", "dropout", "sd_prob"):
@@ -161,8 +173,8 @@ def _resolve_model(spec: Spec, variant: str | None, record: _Recorder) -> ModelC
         tie_word_embeddings=record.take("model.tie_word_embeddings", hyperparams, "tie_word_embeddings", hpath),
         attention_backend=_resolve_backend(spec, variant, record),
         moe=_resolve_moe(spec, variant, mlp_hidden, record),
-        lora=_resolve_lora(spec, record),
-        dtype=record.take("model.dtype", hyperparams, "dtype", hpath),
+        lora=_resolve_lora(spec, record, cli),
+        dtype=record.take("model.dtype", hyperparams, "dtype", hpath, cli=("--bf16", "bfloat16" if cli.bf16 else None)),
     )
 
 
@@ -234,11 +246,12 @@ def _resolve_training(spec: Spec, record: _Recorder, cli: TrainingOverrides) -> 
 
 def resolve(spec: Spec, variant: str | None = None, overrides: TrainingOverrides | None = None) -> ResolvedSpec:
     """Make every value of `spec` concrete, building the named variant (None: `backbone.build_variant`,
-    else the base model), with command-line `overrides` winning over the spec's training values."""
+    else the base model), with command-line `overrides` (training values, LoRA, --bf16) winning over the spec's."""
     record = _Recorder()
     variant = _choose_variant(spec, variant, record)
-    model = _resolve_model(spec, variant, record)
-    training = _resolve_training(spec, record, overrides or TrainingOverrides())
+    overrides = overrides or TrainingOverrides()
+    model = _resolve_model(spec, variant, record, overrides)
+    training = _resolve_training(spec, record, overrides)
     origin = spec.origin
     return ResolvedSpec(
         name=spec.model_name, variant=variant, model=model, spec=spec, training=training, provenance=record.provenance,

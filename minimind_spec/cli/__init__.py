@@ -7,7 +7,7 @@ from . import spec_commands  # noqa: F401  (validate, explain, schema, build)
 from . import render_commands  # noqa: F401  (render, diff)
 from . import train_commands  # noqa: F401  (train)
 from . import data_commands  # noqa: F401  (tokenizer train)
-from . import model_commands  # noqa: F401  (generate)
+from . import model_commands  # noqa: F401  (generate, export, lora merge)
 
 
 def main() -> None:

@@ -63,3 +63,43 @@ def export_command(
     console.print(f"exported {found.weights}")
     for path in written:
         console.print(f"wrote {path}")
+
+
+lora_app = typer.Typer(help="LoRA adapters: fold them into the base weights.", no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
+
+
+@lora_app.command("merge")
+@guarded
+def lora_merge(
+    source: Annotated[Path, typer.Argument(help="A LoRA-trained model (a run, stage, checkpoint or model directory), or, "
+                                           "with --adapter, the base model.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the merged model (config.json without LoRA, "
+                                      "model.safetensors, the tokenizer).", show_default=False)],
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="An adapter directory in PEFT's layout (a LoRA "
+                                                 "stage's final/adapter/) to attach to SOURCE first; it must have been "
+                                                 "trained on SOURCE's model.", show_default=False)] = None,
+) -> None:
+    """Fold LoRA adapters into the base weights: W + (alpha / r) B A, one dense model.
+
+    The result has the same outputs as the adapted model (up to float rounding) and loads
+    anywhere a dense model does (dense RoPE/RMSNorm/SiLU: transformers' LlamaForCausalLM).
+
+    Examples: `minimind-spec lora merge runs/lora --out models/merged`,
+    `minimind-spec lora merge models/base --adapter runs/lora/sft/final/adapter --out models/merged`.
+    """
+    from ..engine.export import load_model, read_model_config, save_model_dir
+    from ..engine.lora_io import merge_model, with_adapter
+    from ..engine.model_dir import find_model
+
+    found = find_model(source)
+    resolved = read_model_config(found.config)
+    model = load_model(found.config, found.weights)
+    if adapter is not None:
+        if resolved.model.lora is not None:
+            raise typer.BadParameter("SOURCE already has adapters; --adapter attaches one to a base without LoRA",
+                                     param_hint="--adapter")
+        model, resolved = with_adapter(model, resolved, adapter)
+    merged, dense = merge_model(model, resolved)
+    for path in save_model_dir(merged, dense, out, extra_files=found.tokenizer_files):
+        console.print(f"wrote {path}")

@@ -35,7 +35,8 @@ def train_command(
                                        "and estimates. Reads no data, loads no weights, starts as fast as validate.")] = False,
     as_json: AsJson = False,
     variant: Variant = None,
-    stage: Annotated[list[str] | None, _opt("--stage", help="Only this stage (repeatable): pretrain, sft, distill, dpo.")] = None,
+    stage: Annotated[list[str] | None, _opt("--stage", help="Only this stage (repeatable): pretrain, sft, distill, dpo; "
+                                            "lora = sft with LoRA adapters (--stage sft --lora).")] = None,
     pretrain_data: Annotated[Path | None, _opt("--pretrain-data", "--pretrain_data", help='Pretraining JSONL ({"text": ...}).')] = None,
     sft_data: Annotated[Path | None, _opt("--sft-data", "--sft_data", help='SFT JSONL ({"conversations": [...]}).')] = None,
     distill_data: Annotated[Path | None, _opt("--distill-data", "--distill_data", help="Distillation JSONL (conversations).")] = None,
@@ -63,6 +64,14 @@ def train_command(
     epochs: Annotated[int | None, _opt("--epochs", help="Passes over the fine-tuning data.")] = None,
     dpo_beta: Annotated[float | None, _opt("--dpo-beta", "--dpo_beta", help="DPO beta.")] = None,
     temperature: Annotated[float | None, _opt("--temperature", help="Distillation temperature.")] = None,
+    lora: Annotated[bool | None, typer.Option("--lora/--no-lora", help="Train LoRA adapters only in the post-training "
+                                              "stages (overrides techniques.lora.enabled).", show_default=False)] = None,
+    lora_rank: Annotated[int | None, _opt("--lora-rank", "--lora_rank", help="LoRA rank r.")] = None,
+    lora_alpha: Annotated[float | None, _opt("--lora-alpha", "--lora_alpha", help="LoRA alpha (the update is alpha / r x BA).")] = None,
+    lora_targets: Annotated[str | None, _opt("--lora-targets", "--lora_targets", help="Comma-separated projections that get "
+                                             "adapters, e.g. q_proj,v_proj (overrides techniques.lora.placements).")] = None,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bf16 autocast with fp32 master weights (hyperparams.dtype "
+                                       "bfloat16).")] = False,
     out: Annotated[Path | None, _opt("--out", "-o", help="Run directory: per stage its checkpoints, metrics.jsonl "
                                      "and final/ weights.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and the data order.")] = 0,
@@ -87,21 +96,32 @@ def train_command(
     nproc: Annotated[int | None, _opt("--nproc", help="Processes the run will use (default: torchrun's WORLD_SIZE, "
                                       "else 1): the plan's batch split and, with --fsdp, per-process memory.")] = None,
 ) -> None:
-    """Plan (and later run) the spec's training: pretrain -> sft -> distill -> dpo, LoRA as the adapter mode.
+    """Plan and run the spec's training: pretrain -> sft -> distill -> dpo, LoRA as the adapter mode.
 
     Command-line values override the spec and show as `cli: --flag` provenance; where the spec is
     silent, a stage takes the card's recipe (SFT batch 8, seq_len 1024, warmup 100; DPO grad_clip 1.0).
     A stage without data (or teacher) is shown as blocked, with the flag that unblocks it.
 
+    Runs: `--out RUN_DIR --tokenizer DIR` and each stage's data; each stage starts from the
+    previous one's final model (or `--init`); `--resume` continues exactly; under torchrun the
+    same command trains with DDP (or `--fsdp`). docs/training.md has the details.
+
     Examples: `minimind-spec train spec/minimind.json --plan`,
-    `... --plan --sft-data data/sft.jsonl --max-steps 200 --tokens-per-s 5000`, `... --plan --json`.
+    `... --plan --sft-data data/sft.jsonl --max-steps 200 --probe`, `... --plan --json`,
+    `... --pretrain-data p.jsonl --sft-data s.jsonl --tokenizer tok/ --out runs/a`,
+    `... --stage lora --lora_rank 8 --lr 1e-4 --batch_size 8 --epochs 3 --bf16 --sft-data s.jsonl ...` (the card's recipe).
     """
+    if stage and "lora" in stage:  # the card's recipe: `--stage lora` is SFT training adapters only
+        stage = ["sft" if name == "lora" else name for name in stage]
+        lora = True if lora is None else lora
     unknown = [name for name in stage or [] if name not in STAGE_ORDER]
     if unknown:
         raise SpecError(Problem("", f"unknown stage {unknown[0]!r}", f"one of: {', '.join(STAGE_ORDER)}"))
     overrides = TrainingOverrides(lr=lr, batch_size=batch_size, max_steps=max_steps, warmup=warmup, weight_decay=weight_decay,
                                   grad_clip=grad_clip, label_smoothing=label_smoothing, epochs=epochs, dpo_beta=dpo_beta,
-                                  temperature=temperature)
+                                  temperature=temperature, lora=lora, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                                  lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip())
+                                  if lora_targets is not None else None, bf16=bf16 or None)
     data = {kind: path for kind, path in (("pretrain", pretrain_data), ("sft", sft_data), ("distill", distill_data),
                                           ("dpo", dpo_data)) if path is not None}
     tokenizer_vocab = None
@@ -177,6 +197,8 @@ def _stage_tree(index: int, plan: StagePlan) -> Tree:
     node.add(f"data: {plan.data or '-'}  [dim]({plan.data_format})[/dim]")
     node.add(f"trains: {', '.join(plan.trainable_roles)}: {plan.trainable_params:,} of {plan.total_params:,} parameters "
              f"({plan.trainable_percent:.2f}%), from {plan.init_from}  [dim]({prov['trainable_roles']})[/dim]")
+    for contradiction in plan.declared:
+        node.add(f"[yellow]declared vs compiled: {contradiction}[/yellow]")
     if plan.frozen_model:
         node.add(f"frozen: {plan.frozen_model}")
     node.add(f"optimizer: {plan.optimizer}, lr {plan.lr:g} [dim]({prov['lr']})[/dim]; decay on {plan.decay_params:,}, "
@@ -236,6 +258,10 @@ def _run(training_plan: TrainingPlan, spec: Path, variant: str | None, overrides
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun rank 0 reports
     for stage, result in zip(training_plan.stages, results):
+        console.print(f"{stage.kind}: trained {', '.join(stage.trainable_roles)}: {stage.trainable_params:,} of "
+                      f"{stage.total_params:,} parameters ({stage.trainable_percent:.2f}%)")
+        for contradiction in stage.declared:
+            err_console.print(f"[yellow]declared vs compiled[/yellow]: {contradiction}")
         ended = "interrupted, saved" if result.interrupted else "done"
         evaluation = f", held-out loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""
         console.print(f"{stage.kind}: {ended} at step {result.steps}, loss {result.last_loss:.4f}{evaluation}"

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..config import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig, flat_values, value_changes
+from ..config import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig, value_changes, weight_values
 from ..errors import InputError, Problem, SpecError
 from .compile import INIT_STD, compile_model
 
@@ -94,8 +94,9 @@ def _require_device(device: str) -> None:
 
 def check_weights_fit(resolved: ResolvedSpec, config_path: Path) -> None:
     """Refuse weights trained for another model: the resolved model in `config_path` (beside the
-    weights) must equal `resolved.model`, value by value; the error lists what differs."""
-    changes = value_changes(flat_values(read_model_config(config_path).model), flat_values(resolved.model))
+    weights) must equal `resolved.model`, value by value (compute-only settings, dtype and the
+    attention backend, aside); the error lists what differs."""
+    changes = value_changes(weight_values(read_model_config(config_path).model), weight_values(resolved.model))
     if changes:
         shown = "\n  ".join(changes[:12]) + (f"\n  ... and {len(changes) - 12} more" if len(changes) > 12 else "")
         raise InputError(f"the weights beside {config_path} are for another model; {len(changes)} values differ "
@@ -106,26 +107,34 @@ def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu"
                       weights: Path | None = None, extra_files: tuple[Path, ...] = ()) -> list[Path]:
     """Write config.json and, unless `device` is "meta", model.safetensors: the seeded initial
     weights, or `weights` (a trained model.safetensors, whose config the caller has checked with
-    `check_weights_fit`). `extra_files` (a tokenizer) are copied alongside. Every file is written
-    into a temporary directory beside `out_dir` and then moved in, so an error leaves no
-    half-written file. Returns the paths written: on the meta device there are no weights to
-    save, so the list holds config.json only (callers say so to the user)."""
+    `check_weights_fit`). `extra_files` (a tokenizer) are copied alongside. Returns the paths
+    written: on the meta device there are no weights to save, so the list holds config.json
+    only (callers say so to the user)."""
+    _require_device(device)
+    model = compile_model(resolved, device=device, seed=seed)
+    if weights is not None and torch.device(device).type != "meta":
+        load_weights_into(model, weights)
+    return save_model_dir(model, resolved, out_dir, seed=None if weights is not None else seed, extra_files=extra_files)
+
+
+def save_model_dir(model: torch.nn.Module, resolved: ResolvedSpec, out_dir: Path, seed: int | None = None,
+                   extra_files: tuple[Path, ...] = ()) -> list[Path]:
+    """Write `model` (built from `resolved`) as a model directory: config.json, model.safetensors
+    (a tied lm_head once; none on the meta device) and `extra_files`. Every file is written into
+    a temporary directory beside `out_dir` and then moved in, so an error leaves no half-written file."""
     from safetensors.torch import save_file
 
-    _require_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = compile_model(resolved, device=device, seed=seed)
+    on_meta = next(model.parameters()).device.type == "meta"
     config = model_config_dict(resolved)
-    config["minimind_spec"]["seed"] = None if weights is not None else seed
-    config["minimind_spec"]["weights"] = WEIGHTS_FILE if device != "meta" else None
+    config["minimind_spec"]["seed"] = seed
+    config["minimind_spec"]["weights"] = None if on_meta else WEIGHTS_FILE
     staging = Path(tempfile.mkdtemp(prefix=".writing.", dir=out_dir))
     try:
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         names = [CONFIG_FILE]
-        if torch.device(device).type != "meta":
-            if weights is not None:
-                load_weights_into(model, weights)
+        if not on_meta:
             state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
             if resolved.model.tie_word_embeddings:
                 state.pop("lm_head.weight")  # shared with model.embed_tokens.weight
@@ -170,8 +179,9 @@ def read_model_config(config_path: Path) -> ResolvedSpec:
                         model=_model_config(ours["model"], ours.get("format_version", 1), config_path))
 
 
-def load_weights_into(model: torch.nn.Module, weights: Path) -> None:
-    """Load `weights` (safetensors; a tied lm_head may be absent) into `model`, strictly."""
+def load_weights_into(model: torch.nn.Module, weights: Path, fresh_adapters: bool = False) -> None:
+    """Load `weights` (safetensors; a tied lm_head may be absent) into `model`, strictly; with
+    `fresh_adapters`, LoRA tensors absent from a base without LoRA keep their initial values."""
     from safetensors.torch import load_file
 
     weights = Path(weights)
@@ -183,7 +193,8 @@ def load_weights_into(model: torch.nn.Module, weights: Path) -> None:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that do not fit
         raise InputError(f"{weights} does not fit this model: {str(exc).splitlines()[-1].strip()}") from exc
-    missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and getattr(model, "tie_word_embeddings", False))]
+    missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and getattr(model, "tie_word_embeddings", False))
+               and not (fresh_adapters and k.endswith((".lora.A", ".lora.B")))]
     if missing or result.unexpected_keys:
         raise InputError(f"{weights} does not fit this model: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}")
     if hasattr(model, "tie_weights"):

@@ -160,17 +160,24 @@ def _check_totals(resolved: ResolvedSpec, graph: nx.DiGraph, costs: Costs, out: 
         if value is not None and value != real:
             out.append(warning(pointer("total_params", key), f"declared {value:,}; compiled {real:,}: {why}"))
 
-    lora = resolved.spec.techniques.lora
-    if config.lora is not None:
-        targets = ", ".join(config.lora.targets)
-        why = f"rank {config.lora.rank} on {targets} in {config.n_layers} layers"
-        if lora.trainable_params is not None and lora.trainable_params != costs.lora_params:
-            out.append(warning(pointer("techniques", "lora", "trainable_params"), f"declared {lora.trainable_params:,}; compiled {costs.lora_params:,}: {why}"))
-        if lora.percentage is not None:
-            real = 100.0 * costs.lora_params / costs.total_params
-            if abs(real - lora.percentage) > max(0.005, 0.05 * real):
-                out.append(warning(pointer("techniques", "lora", "percentage"),
-                                   f"declared {lora.percentage:g}%; compiled {real:.2f}% ({costs.lora_params:,} of {costs.total_params:,})"))
+    out += lora_declared_problems(resolved, costs.lora_params, costs.total_params)
+
+
+def lora_declared_problems(resolved: ResolvedSpec, lora_params: int, total_params: int) -> list[Problem]:
+    """The spec's declared LoRA `trainable_params` and `percentage` against the compiled adapters."""
+    config, lora = resolved.model, resolved.spec.techniques.lora if resolved.spec is not None else None
+    if config.lora is None or lora is None:
+        return []
+    out = []
+    why = f"rank {config.lora.rank} on {', '.join(config.lora.targets)} in {config.n_layers} layers"
+    if lora.trainable_params is not None and lora.trainable_params != lora_params:
+        out.append(warning(pointer("techniques", "lora", "trainable_params"), f"declared {lora.trainable_params:,}; compiled {lora_params:,}: {why}"))
+    if lora.percentage is not None:
+        real = 100.0 * lora_params / total_params
+        if abs(real - lora.percentage) > max(0.005, 0.05 * real):
+            out.append(warning(pointer("techniques", "lora", "percentage"),
+                               f"declared {lora.percentage:g}%; compiled {real:.2f}% ({lora_params:,} of {total_params:,})"))
+    return out
 
 
 def _check_io(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[Problem]) -> None:

@@ -46,11 +46,8 @@ def test_dpo_with_lora_uses_the_base_as_reference(workspace, trained, tmp_path):
     spec = json.loads((workspace / "tiny.json").read_text())
     spec["techniques"]["lora"] = {"enabled": True, "rank": 4, "alpha": 8, "placements": ["q_proj", "v_proj"]}
     (tmp_path / "lora.json").write_text(json.dumps(spec))
-    # the LoRA model's base weights come from the trained dense run; its adapters start at B = 0
-    base = tmp_path / "base"
-    built = CliRunner().invoke(app, ["build", str(tmp_path / "lora.json"), "--out", str(base)])
-    assert built.exit_code == 0, built.output
-    result = _dpo(workspace, tmp_path / "lora.json", tmp_path / "run", base, "--max-steps", "6", "--lr", "1e-2")
+    # the base weights come from the trained dense run; the adapters start fresh, B = 0
+    result = _dpo(workspace, tmp_path / "lora.json", tmp_path / "run", trained, "--max-steps", "6", "--lr", "1e-2")
     assert result.exit_code == 0, result.output
     rows = metrics(tmp_path / "run" / "dpo" / "metrics.jsonl")
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # adapters at zero: policy == base == reference

@@ -31,6 +31,7 @@ from ..data.tokenizer import TOKENIZER_FILE, load_tokenizer
 from ..export import CONFIG_FILE as MODEL_CONFIG_FILE
 from ..data.packing import sample_layout
 from ..export import load_model, load_weights_into, model_config_dict, read_model_config
+from ..lora_io import write_adapter
 from ..model_dir import find_model
 from ..trainability import set_trainable
 from . import distributed
@@ -43,6 +44,7 @@ from .preference import PreferenceRunner, frozen_copy, precompute_reference
 from .stages import language_model_runner
 
 RUNNABLE = ("pretrain", "sft", "distill", "dpo")
+ADAPTER_DIR = "adapter"  # in a LoRA stage's final/: the adapters in PEFT's layout
 RESOLVED_FILE = "resolved.json"  # in each stage directory: the resolved values it was trained with
 _stderr = Console(stderr=True)
 
@@ -125,6 +127,8 @@ def _write_final(stage_dir: Path, weights: dict[str, torch.Tensor], resolved: Re
         source = tokenizer_path.parent / name
         if source.is_file():
             shutil.copy(source, staging / name)
+    if resolved.model.lora is not None:  # the adapters alone, in PEFT's layout, beside the full weights
+        write_adapter(weights, resolved, staging / ADAPTER_DIR)
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     return final
@@ -209,7 +213,8 @@ def _run_stage(resolved: ResolvedSpec, graph, stage: StagePlan, options: RunOpti
     cache = tokenized()
     model = compile_graph(graph, device=device, seed=options.seed)
     if previous is not None:
-        load_weights_into(model, find_model(previous).weights)
+        source = find_model(previous)  # a base without LoRA starts the adapters fresh (B = 0: the base's outputs)
+        load_weights_into(model, source.weights, fresh_adapters=read_model_config(source.config).model.lora is None)
     set_trainable(model, graph, {ParamRole(role) for role in stage.trainable_roles})
     runner = _runner(stage, resolved, cache, model, tokenizer, options, device)
     if resolved.model.moe is not None:
