@@ -92,6 +92,7 @@ class StagePlan:
     trainable_roles: tuple[str, ...]
     trainable_params: int
     total_params: int
+    active_params: int  # parameters one token passes through (MoE: its top-k experts); = total_params when dense
     frozen_model: str | None  # the DPO reference or the distillation teacher
     optimizer: str
     decay_params: int  # trainable parameters with weight decay
@@ -284,7 +285,7 @@ class _StageBuilder:
             kind=kind, objective=objective, data=data, data_format=DATA_FORMATS[kind], init_from=init_from,
             trainable_roles=tuple(sorted(str(r) for r in roles if params_with_roles(self.graph, {r}))),
             trainable_params=costs.trainable_params,
-            total_params=costs.total_params, frozen_model=frozen,
+            total_params=costs.total_params, active_params=costs.active_params_per_token, frozen_model=frozen,
             optimizer=f"{optim.optimizer}(betas={optim.betas[0]:g}/{optim.betas[1]:g}, weight_decay {optim.weight_decay:g})",
             decay_params=costs.trainable_params - no_decay, no_decay_params=no_decay,
             lr=optim.lr, schedule=schedule, warmup=warmup, grad_clip=grad_clip, label_smoothing=optim.label_smoothing,

@@ -197,6 +197,9 @@ def _stage_tree(index: int, plan: StagePlan) -> Tree:
     node.add(f"data: {plan.data or '-'}  [dim]({plan.data_format})[/dim]")
     node.add(f"trains: {', '.join(plan.trainable_roles)}: {plan.trainable_params:,} of {plan.total_params:,} parameters "
              f"({plan.trainable_percent:.2f}%), from {plan.init_from}  [dim]({prov['trainable_roles']})[/dim]")
+    if plan.active_params < plan.total_params:
+        node.add(f"per token: {plan.active_params:,} active of {plan.total_params:,} parameters "
+                 f"({100 * plan.active_params / plan.total_params:.1f}%; MoE routes each token to its top-k experts)")
     for contradiction in plan.declared:
         node.add(f"[yellow]declared vs compiled: {contradiction}[/yellow]")
     if plan.frozen_model:

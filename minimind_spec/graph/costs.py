@@ -35,6 +35,7 @@ class Costs:
     kv_cache_bytes_per_token: int
     activation_bytes: int  # one sequence of seq_len: every node's output (experts: their share of tokens), at the spec's dtype
     dtype: str
+    active_params_per_token: int = 0  # parameters one token passes through (MoE: top-k of the routed experts)
 
     @property
     def trainable_percent(self) -> float:
@@ -65,8 +66,10 @@ def graph_costs(graph: nx.DiGraph, config: ModelConfig, trainable_roles: Iterabl
     roles = frozenset(trainable_roles) if trainable_roles is not None else default_trainable_roles(graph)
     by_op: Counter[str] = Counter()
     activations = 0
+    active = 0.0
     for op_node in nodes(graph):
         by_op[str(op_node.op)] += op_node.params
+        active += op_node.params * op_node.token_fraction
         if op_node.op not in NO_ACTIVATION:
             activations += round(_numel(op_node.out_shape, config.seq_len) * op_node.token_fraction)
         if op_node.op == OpType.ATTENTION and config.attention_backend == "eager":
@@ -80,5 +83,5 @@ def graph_costs(graph: nx.DiGraph, config: ModelConfig, trainable_roles: Iterabl
         params_by_op={op: n for op, n in by_op.items() if n},
         flops_per_token=sum(n.flops for n in nodes(graph)),
         kv_cache_bytes_per_token=2 * config.n_layers * config.n_kv_heads * config.head_dim * bytes_per,
-        activation_bytes=activations * bytes_per, dtype=config.dtype,
+        activation_bytes=activations * bytes_per, dtype=config.dtype, active_params_per_token=round(active),
     )
