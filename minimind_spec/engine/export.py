@@ -181,7 +181,8 @@ def read_model_config(config_path: Path) -> ResolvedSpec:
 
 def load_weights_into(model: torch.nn.Module, weights: Path, fresh_adapters: bool = False) -> None:
     """Load `weights` (safetensors; a tied lm_head may be absent) into `model`, strictly; with
-    `fresh_adapters`, LoRA tensors absent from a base without LoRA keep their initial values."""
+    `fresh_adapters`, LoRA tensors absent from a base without LoRA keep their initial values.
+    Untrained adapters (B = 0) that `model` lacks are dropped: they change no output."""
     from safetensors.torch import load_file
 
     weights = Path(weights)
@@ -189,6 +190,14 @@ def load_weights_into(model: torch.nn.Module, weights: Path, fresh_adapters: boo
         raise InputError(f"{weights} not found (was the model built with --device meta?)")
     device = next(model.parameters()).device
     state = load_file(str(weights), device=str(device))
+    expected = set(model.state_dict())
+    extra = [k for k in state if k not in expected and k.endswith((".lora.A", ".lora.B"))]
+    if extra:  # adapters this model does not have: dropped only when they change nothing (B = 0)
+        live = [k for k in extra if k.endswith(".lora.B") and bool(state[k].any())]
+        if live:
+            raise InputError(f"{weights} holds trained LoRA adapters ({live[0]}, ...) that this model has no place for: "
+                             "`minimind-spec lora merge` folds them into the base first")
+        state = {k: v for k, v in state.items() if k not in extra}
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that do not fit

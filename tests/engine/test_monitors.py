@@ -75,3 +75,10 @@ def test_an_moe_run_logs_each_layers_expert_load(workspace, tmp_path):
         assert len(row["expert_tokens"]) == 2 and len(row["expert_load_cv_per_layer"]) == 2  # 2 MoE layers
         assert all(sum(layer) == 2 * 64 * 2 for layer in row["expert_tokens"])  # micro-batch 2 x 64 tokens x top-2
         assert row["aux_loss"] > 0
+
+
+def test_a_flapping_condition_warns_at_most_once_per_window():
+    watch = DPOWatch(window=5)
+    margins = {1: 25.0, 2: 1.0, 3: 25.0, 4: 1.0, 5: 25.0, 6: 1.0, 7: 1.0, 8: 25.0}
+    said = {step: watch.update(step, _dpo_row(0.5, margin, -10.0)) for step, margin in margins.items()}
+    assert [step for step, warnings in said.items() if warnings] == [1, 8]

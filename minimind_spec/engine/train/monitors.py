@@ -2,7 +2,8 @@
 MoE load imbalance, and DPO divergence or a policy that does not move. Each `update(step,
 metrics)` returns warnings (a line each, naming the step and what was seen); the loop prints
 them and stores them in the step's metrics row. A watch warns when its condition starts
-holding, not again while it keeps holding.
+holding, not again while it keeps holding, nor within `window` steps of its last warning of
+the same kind (noisy per-batch metrics would otherwise make it flap).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ExpertLoadWatch:
     window: int = 20
     _recent: deque = field(default_factory=deque)
     _starved: set[int] = field(default_factory=set)  # layers currently warned about
+    _last: dict[int, int] = field(default_factory=dict)  # layer -> step of its last warning
 
     def update(self, step: int, metrics: dict[str, object]) -> list[str]:
         counts = metrics.get("expert_tokens")
@@ -51,6 +53,9 @@ class ExpertLoadWatch:
             share = row.min() / fair if fair > 0 else 1.0
             if share < FAIR_SHARE_FLOOR and layer not in self._starved:
                 self._starved.add(layer)
+                if step - self._last.get(layer, -self.window) < self.window:
+                    continue
+                self._last[layer] = step
                 warnings.append(f"step {step}: MoE layer {layer}: expert {int(row.argmin())} received {share:.0%} of its fair "
                                 f"share of tokens over the last {self.window} steps (load imbalance; is the aux loss on?)")
             elif share >= FAIR_SHARE_FLOOR:
@@ -70,10 +75,15 @@ class DPOWatch:
     _chosen: deque = field(default_factory=deque)
     _losses: deque = field(default_factory=deque)
     _active: set[str] = field(default_factory=set)
+    _last: dict[str, int] = field(default_factory=dict)  # kind -> step of its last warning
+    _step: int = 0
 
     def _once(self, key: str, holds: bool, message: str) -> list[str]:
         if holds and key not in self._active:
             self._active.add(key)
+            if self._step - self._last.get(key, -self.window) < self.window:
+                return []
+            self._last[key] = self._step
             return [message]
         if not holds:
             self._active.discard(key)
@@ -81,6 +91,7 @@ class DPOWatch:
 
     def update(self, step: int, metrics: dict[str, object]) -> list[str]:
         margin, chosen, loss = metrics.get("rewards/margins"), metrics.get("logps/chosen"), metrics.get("loss")
+        self._step = step
         if margin is None or chosen is None or loss is None:
             return []
         for queue, value in ((self._margins, margin), (self._chosen, chosen), (self._losses, loss)):
