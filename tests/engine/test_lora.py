@@ -6,6 +6,7 @@ on another base."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -87,3 +88,14 @@ def test_lora_merge_gives_the_same_model_dense(workspace, trained, lora_run, tmp
     refused = CliRunner().invoke(app, ["lora", "merge", str(tmp_path / "otherbase"), "--adapter",
                                        str(lora_run / "sft" / "final" / "adapter"), "--out", str(tmp_path / "bad")])
     assert refused.exit_code == 2 and "another base model" in refused.output and "n_layers" in refused.output
+
+
+def test_dpo_after_a_lora_stage_starts_from_its_input_model(workspace, lora_run, tmp_path):
+    # the input adapters are trained: disabling them would give the base, not the input model
+    result = CliRunner().invoke(app, ["train", str(workspace / "tiny.json"), "--stage", "dpo", "--lora", "--lora-rank", "8",
+                                      "--init", str(lora_run), "--dpo-data", str(workspace / "pairs.jsonl"), "--tokenizer",
+                                      str(workspace / "tok"), "--out", str(tmp_path / "dpo"), "--no-progress",
+                                      "--max-steps", "2", "--eval-every", "0"])
+    assert result.exit_code == 0, result.output
+    first = metrics(tmp_path / "dpo" / "dpo" / "metrics.jsonl")[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5) and first["rewards/margins"] == pytest.approx(0, abs=1e-5)

@@ -91,3 +91,26 @@ def test_distillation_from_a_teacher_run(workspace, trained, tmp_path):
     refused = _distill(workspace, other, tmp_path / "no", trained, trained, "--max-steps", "1")
     assert refused.exit_code == 2 and "shared vocabulary" in refused.output
     assert not (tmp_path / "no").exists()
+
+
+def test_every_stage_of_a_card_like_spec_in_one_command(workspace, trained, tmp_path):
+    spec = json.loads((workspace / "tiny.json").read_text())
+    (tmp_path / "teacher.json").write_text(json.dumps(spec))
+    spec["techniques"] |= {"lora": {"enabled": True, "rank": 4, "alpha": 8, "placements": ["q_proj", "v_proj"]},
+                           "distill": {"enabled": True, "teacher": "teacher", "temperature": 2.0},
+                           "dpo": {"enabled": True, "beta": 0.1}}
+    (tmp_path / "card.json").write_text(json.dumps(spec))
+    data = ["--pretrain-data", str(workspace / "pretrain.jsonl"), "--sft-data", str(workspace / "sft.jsonl"),
+            "--distill-data", str(workspace / "sft.jsonl"), "--dpo-data", str(workspace / "pairs.jsonl"),
+            "--teacher", str(trained), "--tokenizer", str(workspace / "tok")]
+    plan = CliRunner().invoke(app, ["train", str(tmp_path / "card.json"), "--plan", "--json", *data, "--max-steps", "3"])
+    assert plan.exit_code == 0, plan.output
+    stages = json.loads(plan.stdout)["stages"]
+    assert [s["kind"] for s in stages] == ["pretrain", "sft", "distill", "dpo"] and all(s["runnable"] for s in stages)
+    run = CliRunner().invoke(app, ["train", str(tmp_path / "card.json"), *data, "--max-steps", "3", "--out", str(tmp_path / "run"),
+                                   "--no-progress", "--eval-every", "0"])
+    assert run.exit_code == 0, run.output
+    assert all((tmp_path / "run" / kind / "final" / "model.safetensors").is_file() for kind in ("pretrain", "sft", "distill", "dpo"))
+    assert (tmp_path / "run" / "dpo" / "final" / "adapter" / "adapter_config.json").is_file()
+    first_dpo = metrics(tmp_path / "run" / "dpo" / "metrics.jsonl")[0]
+    assert first_dpo["loss"] == pytest.approx(math.log(2), abs=1e-5)  # the reference is the distilled model it starts from

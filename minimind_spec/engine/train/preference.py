@@ -6,10 +6,12 @@ rejected, chosen, ...) padded to the longest in the batch, not to `seq_len`. A s
 log-prob is the sum over its response tokens (the per-token mean for IPO).
 
 The reference is the stage's input model, frozen, in one of three forms:
-- "adapters": the policy itself with its LoRA adapters disabled (LoRA stages: no second copy);
+- "adapters": the policy itself with its LoRA adapters disabled (LoRA stages whose input model
+  has untrained adapters, B = 0, so that disabling them gives the input model: no second copy);
 - "copy": a frozen copy of the input model (full fine-tuning);
 - "precomputed": every pair's reference log-probs computed once before training
-  (`--precompute-ref`), so only the policy is in memory while training.
+  (`--precompute-ref`, and LoRA stages whose input adapters were trained by an earlier stage,
+  where disabling them would not give the input model), so only the policy is in memory.
 Each step logs trl's names (`rewards/chosen`, `rewards/rejected`, `rewards/margins`,
 `rewards/accuracies`, `logps/chosen`, `logps/rejected`), and `DPOWatch` warns about divergence,
 collapsing likelihoods or a policy that does not move.
@@ -130,15 +132,20 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def precompute_reference(runner: PreferenceRunner, model: nn.Module, device: str, micro_batch: int) -> np.ndarray:
-    """Every sample's reference log-prob under the input `model` (adapters disabled), in one pass."""
+    """Every sample's reference log-prob under `model` as the stage receives it (its adapters, if
+    any, included), in one pass before training."""
     pairs = np.concatenate([runner.train_rows, runner.eval_rows]).tolist()
     logps = np.zeros(len(runner.cache), dtype=np.float64)
     was_training = model.training
     model.eval()
     for start in range(0, len(pairs), micro_batch):
         batch = runner.batch(pairs[start:start + micro_batch], device)
-        with adapters_disabled(model):
-            values = runner._log_probs(model, batch)[0]
+        values = runner._log_probs(model, batch)[0]
         logps[batch.samples.numpy()] = values.double().cpu().numpy()
     model.train(was_training)
     return logps
+
+
+def has_trained_adapters(model: nn.Module) -> bool:
+    """True when some LoRA adapter's B is non-zero: the adapters change the model's outputs."""
+    return any(name.endswith(".lora.B") and bool(p.detach().any()) for name, p in model.named_parameters())

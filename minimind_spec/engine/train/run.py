@@ -40,7 +40,7 @@ from .loop import LoopConfig, StageResult, run_stage
 from .report import plot_loss, write_tensorboard
 from .distillation import DistillationRunner, frozen_teacher
 from .monitors import ExpertLoadWatch
-from .preference import PreferenceRunner, frozen_copy, precompute_reference
+from .preference import PreferenceRunner, frozen_copy, has_trained_adapters, precompute_reference
 from .stages import language_model_runner
 
 RUNNABLE = ("pretrain", "sft", "distill", "dpo")
@@ -189,7 +189,9 @@ def _runner(stage: StagePlan, resolved: ResolvedSpec, cache, model: torch.nn.Mod
                                   reasoning_weight=distill.reasoning_token_weight if distill.reasoning_token_masking else None)
     dpo = resolved.training.dpo
     lora_only = set(stage.trainable_roles) == {str(ParamRole.LORA)}
-    mode = "precomputed" if options.precompute_ref else "adapters" if lora_only else "copy"
+    # disabling trained adapters (from an earlier LoRA stage) would not give the input model: precompute then
+    mode = ("precomputed" if options.precompute_ref or (lora_only and has_trained_adapters(model))
+            else "adapters" if lora_only else "copy")
     runner = PreferenceRunner(stage.kind, cache, tokenizer.pad_id, dpo.beta, dpo.loss, mode)  # type: ignore[arg-type]
     if mode == "copy":
         runner.reference = frozen_copy(model)
