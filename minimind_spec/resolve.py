@@ -244,12 +244,39 @@ def _resolve_training(spec: Spec, record: _Recorder, cli: TrainingOverrides) -> 
     )
 
 
+# (field, flag, lowest allowed, whether the lowest itself is allowed, highest allowed (exclusive))
+_OVERRIDE_BOUNDS = (
+    ("lr", "--lr", 0.0, False, None), ("batch_size", "--batch-size", 1, True, None), ("max_steps", "--max-steps", 1, True, None),
+    ("warmup", "--warmup", 0, True, None), ("weight_decay", "--weight-decay", 0.0, True, None),
+    ("grad_clip", "--grad-clip", 0.0, False, None), ("label_smoothing", "--label-smoothing", 0.0, True, 1.0),
+    ("epochs", "--epochs", 1, True, None), ("dpo_beta", "--dpo-beta", 0.0, False, None),
+    ("temperature", "--temperature", 0.0, False, None), ("lora_rank", "--lora-rank", 1, True, None),
+    ("lora_alpha", "--lora-alpha", 0.0, False, None),
+)
+
+
+def override_problems(cli: TrainingOverrides) -> list[Problem]:
+    """Every command-line value outside the range the spec's own field allows (the schema's bounds)."""
+    problems = []
+    for field, flag, low, inclusive, high in _OVERRIDE_BOUNDS:
+        value = getattr(cli, field)
+        if value is None:
+            continue
+        if value < low or (value == low and not inclusive) or (high is not None and value >= high):
+            allowed = (f"at least {low}" if inclusive else f"above {low}") + (f" and below {high}" if high is not None else "")
+            problems.append(Problem("", f"{flag} {value}: must be {allowed}"))
+    return problems
+
+
 def resolve(spec: Spec, variant: str | None = None, overrides: TrainingOverrides | None = None) -> ResolvedSpec:
     """Make every value of `spec` concrete, building the named variant (None: `backbone.build_variant`,
     else the base model), with command-line `overrides` (training values, LoRA, --bf16) winning over the spec's."""
     record = _Recorder()
     variant = _choose_variant(spec, variant, record)
     overrides = overrides or TrainingOverrides()
+    problems = override_problems(overrides)
+    if problems:
+        raise SpecError(problems)
     model = _resolve_model(spec, variant, record, overrides)
     training = _resolve_training(spec, record, overrides)
     origin = spec.origin

@@ -151,3 +151,22 @@ def test_the_tokenizer_must_match_the_spec_vocab(card):
         build_plan(card, PlanInputs(tokenizer_vocab=6000))
     (problem,) = error.value.problems
     assert problem.path == "/hyperparams/vocab" and "6,400" in problem.message and "6,000" in problem.message
+
+
+def test_command_line_values_outside_the_schemas_bounds_are_all_reported():
+    result = runner.invoke(app, ["train", str(SPEC), "--plan", "--lora-rank", "0", "--dpo-beta", "0", "--lr", "-1",
+                                 "--label-smoothing", "1", "--batch-size", "8"])
+    assert result.exit_code == 2 and "4 problems" in result.output and "Traceback" not in result.output
+    for expected in ("--lora-rank 0: must be at least 1", "--dpo-beta 0.0: must be above 0.0", "--lr -1.0: must be above 0.0",
+                     "--label-smoothing 1.0: must be at least 0.0 and below 1.0"):
+        assert expected in result.output
+
+
+def test_lora_flags_override_the_spec_with_cli_provenance(card):
+    resolved = resolve(load_spec(SPEC), None, TrainingOverrides(lora_targets=("q_proj", "v_proj"), lora_rank=4, bf16=True))
+    assert resolved.model.lora.targets == ("q_proj", "v_proj") and resolved.model.lora.rank == 4
+    assert resolved.provenance["model.lora.targets"] == "cli: --lora-targets" and resolved.provenance["model.dtype"] == "cli: --bf16"
+    off = resolve(load_spec(SPEC), None, TrainingOverrides(lora=False))
+    assert off.model.lora is None and build_plan(off).stages[1].trainable_roles != ("lora",)
+    with pytest.raises(SpecError, match="did you mean 'q_proj'"):
+        resolve(load_spec(SPEC), None, TrainingOverrides(lora_targets=("qproj",)))

@@ -8,8 +8,9 @@ with D_t, by `kind`:
 - "reverse_KL": T^2 * KL(softmax(student_t / T) || softmax(teacher_t / T))
 - "MSE":        mean over the vocabulary of (student_t - teacher_t)^2 on raw logits
 The T^2 factor keeps the soft term's gradient scale independent of T. The loss is the weighted
-mean sum_t w_t l_t / sum_t w_t over the trained tokens, so `token_weights` (e.g. 0.5 inside
-`<think>` spans) weight both terms; with none every trained token counts 1.
+mean sum_t w_t l_t / sum_t w_t over the trained tokens, so `token_weights` (B, T), aligned with
+the inputs like the labels (e.g. 0.5 on the tokens of `<think>` spans), weight both terms of the
+token they sit on; with none every trained token counts 1.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
     ce = F.cross_entropy(student_logits.float().reshape(-1, student_logits.shape[-1]), targets.reshape(-1),
                          ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)  # (B, T)
     soft = divergence_per_token(student_logits, teacher_logits, temperature, kind)  # (B, T)
-    weights = trained.float() if token_weights is None else token_weights.float() * trained  # (B, T)
+    # token_weights are aligned with the inputs, like labels: the weight of the token predicted at t is token_weights[t + 1]
+    weights = trained.float() if token_weights is None else shift_labels(token_weights.float()).clamp(min=0.0) * trained
     total = weights.sum().clamp(min=1e-12)
     loss = (weights * (alpha * ce + (1 - alpha) * soft)).sum() / total
     parts = {"ce": ((weights * ce).sum() / total).detach(), "soft": ((weights * soft).sum() / total).detach()}

@@ -51,7 +51,7 @@ def train_command(
                                             "the rest of the batch is gradient accumulation.")] = None,
     tokens_per_s: Annotated[float | None, _opt("--tokens-per-s", "--tokens_per_s", help="Training throughput for the "
                                                "wall-time estimate.")] = None,
-    probe: Annotated[bool, typer.Option("--probe", help="With --plan: measure each stage's tokens/s by training its real "
+    probe: Annotated[bool, typer.Option("--probe", help="With --plan: measure the pretrain and SFT stages' tokens/s by training the real "
                                         "model for a few steps on random tokens (on --device), for the wall-time "
                                         "estimate. Loads torch; takes seconds to minutes.")] = False,
     lr: Annotated[float | None, _opt("--lr", help="Peak learning rate (overrides optim.lr).")] = None,
@@ -162,7 +162,8 @@ def _probe(resolved: ResolvedSpec, training_plan: TrainingPlan, device: str) -> 
     rates = {}
     for stage in training_plan.stages:
         if stage.kind not in PROBED_KINDS:
-            err_console.print(f"probe: {stage.kind} does not run in this version; not probed")
+            err_console.print(f"probe: {stage.kind} is not probed (it needs its data and frozen model); "
+                              "--tokens-per-s N gives its wall time")
             continue
         err_console.print(f"probe: {stage.kind}, {steps} + 1 steps of {stage.batch_size} x {stage.seq_len} tokens on {device} ...")
         rates[stage.kind] = probe_stage(resolved, graph, stage, device, steps)
@@ -242,7 +243,7 @@ def print_plan(training_plan: TrainingPlan, source: str) -> None:
     if sources:
         err_console.print(f"tok/s: {'; '.join(sources)}")
     if any(p.tokens_per_s is None for p in training_plan.stages):
-        err_console.print("wall time needs --tokens-per-s N, or --probe to measure it")
+        err_console.print("wall time needs --tokens-per-s N (or --probe, which measures pretrain and sft stages)")
 
 
 def _run(training_plan: TrainingPlan, spec: Path, variant: str | None, overrides: TrainingOverrides, tokenizer: Path | None,
@@ -267,6 +268,9 @@ def _run(training_plan: TrainingPlan, spec: Path, variant: str | None, overrides
             err_console.print(f"[yellow]declared vs compiled[/yellow]: {contradiction}")
         ended = "interrupted, saved" if result.interrupted else "done"
         evaluation = f", held-out loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""
-        console.print(f"{stage.kind}: {ended} at step {result.steps}, loss {result.last_loss:.4f}{evaluation}"
+        loss = "n/a (no step ran: the stage was already done)" if result.last_loss is None else f"{result.last_loss:.4f}"
+        console.print(f"{stage.kind}: {ended} at step {result.steps}, loss {loss}{evaluation}"
                       f"{f', {result.skipped_steps} steps skipped (non-finite loss)' if result.skipped_steps else ''}; "
                       f"{out / stage.kind}")
+    if results and results[-1].interrupted and len(results) < len(training_plan.stages):
+        console.print("stopped after the interrupted stage: the same command with --resume continues it, then the rest")

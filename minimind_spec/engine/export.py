@@ -121,7 +121,9 @@ def save_model_dir(model: torch.nn.Module, resolved: ResolvedSpec, out_dir: Path
                    extra_files: tuple[Path, ...] = ()) -> list[Path]:
     """Write `model` (built from `resolved`) as a model directory: config.json, model.safetensors
     (a tied lm_head once; none on the meta device) and `extra_files`. Every file is written into
-    a temporary directory beside `out_dir` and then moved in, so an error leaves no half-written file."""
+    a temporary directory inside `out_dir` and then renamed into place, weights first and
+    config.json last, so no file is ever half-written and an error before the renames leaves
+    the directory as it was (a crash between renames can leave new weights beside an old config)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -143,7 +145,7 @@ def save_model_dir(model: torch.nn.Module, resolved: ResolvedSpec, out_dir: Path
         for extra in extra_files:
             shutil.copy(extra, staging / extra.name)
             names.append(extra.name)
-        for name in names:
+        for name in [*names[1:], names[0]]:  # config.json last: it names the weights beside it
             os.replace(staging / name, out_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -69,7 +69,7 @@ def test_kl_term_matches_kl_div(logits_and_labels, temperature):
 def test_distill_loss_by_hand_with_reasoning_weights(logits_and_labels):
     student, teacher, labels = logits_and_labels
     weights = torch.ones(2, 6)
-    weights[1, 1:4] = 0.5  # a <think> span
+    weights[1, 1:4] = 0.5  # a <think> span: tokens 1-3, predicted at positions 0-2
     loss, parts = distill_loss(student, teacher, labels, temperature=2.0, alpha=0.3, token_weights=weights)
     total = weighted = ce_sum = soft_sum = 0.0
     for b in range(2):
@@ -80,7 +80,7 @@ def test_distill_loss_by_hand_with_reasoning_weights(logits_and_labels):
             ce = -F.log_softmax(student[b, t], -1)[target]
             p = F.softmax(teacher[b, t] / 2.0, -1)
             kl = (p * (p.log() - F.log_softmax(student[b, t] / 2.0, -1))).sum() * 4.0
-            w = float(weights[b, t])
+            w = float(weights[b, t + 1])  # weights sit on the tokens, like labels: the predicted token's
             weighted += w * (0.3 * ce + 0.7 * kl)
             ce_sum += w * ce
             soft_sum += w * kl
@@ -94,6 +94,9 @@ def test_alpha_one_is_the_causal_lm_loss_and_a_student_equal_to_its_teacher_has_
     student, teacher, labels = logits_and_labels
     loss, _ = distill_loss(student, teacher, labels, temperature=2.0, alpha=1.0)
     assert loss.item() == pytest.approx(causal_lm_loss(student, labels).item(), rel=1e-6)
+    weights = torch.rand(labels.shape, generator=torch.Generator().manual_seed(1)) + 0.1
+    weighted, _ = distill_loss(student, teacher, labels, temperature=2.0, alpha=1.0, token_weights=weights)
+    assert weighted.item() == pytest.approx(causal_lm_loss(student, labels, token_weights=weights).item(), rel=1e-6)
     _, parts = distill_loss(student, student.clone(), labels, temperature=2.0, alpha=0.5)
     assert abs(parts["soft"].item()) < 1e-6
     with pytest.raises(ValueError, match="share the tokenizer"):

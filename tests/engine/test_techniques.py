@@ -114,3 +114,10 @@ def test_every_stage_of_a_card_like_spec_in_one_command(workspace, trained, tmp_
     assert (tmp_path / "run" / "dpo" / "final" / "adapter" / "adapter_config.json").is_file()
     first_dpo = metrics(tmp_path / "run" / "dpo" / "metrics.jsonl")[0]
     assert first_dpo["loss"] == pytest.approx(math.log(2), abs=1e-5)  # the reference is the distilled model it starts from
+
+
+def test_precomputed_reference_in_the_policys_precision(workspace, trained, tmp_path):
+    result = _dpo(workspace, workspace / "tiny.json", tmp_path / "bf16", trained, "--max-steps", "1", "--precompute-ref", "--bf16")
+    assert result.exit_code == 0, result.output
+    first = metrics(tmp_path / "bf16" / "dpo" / "metrics.jsonl")[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)  # the same bf16 autocast as the policy's forward

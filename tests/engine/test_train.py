@@ -282,3 +282,23 @@ def test_compiled_training_matches_eager(workspace, tmp_path):
         assert result.exit_code == 0, result.output
         losses[name] = [row["loss"] for row in metrics(tmp_path / name / "pretrain" / "metrics.jsonl")]
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+
+
+def test_ctrl_c_stops_the_whole_run_and_resume_finishes_every_stage(workspace, tmp_path):
+    command = [sys.executable, "-m", "minimind_spec", *args(workspace, tmp_path / "run", "--max-steps", "40",
+                                                            "--save-every", "1000", "--eval-every", "0")]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    metrics_path = tmp_path / "run" / "pretrain" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics_path.is_file() and len(metrics_path.read_text().splitlines()) >= 3):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 0, process.stderr.read().decode()[-2000:]
+    assert "--resume continues it" in process.stdout.read().decode()
+    assert not (tmp_path / "run" / "sft").exists()  # the next stage did not start from a missing final/
+    resumed = CliRunner().invoke(app, args(workspace, tmp_path / "run", "--max-steps", "40", "--eval-every", "0", "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert [len(metrics(tmp_path / "run" / kind / "metrics.jsonl")) for kind in ("pretrain", "sft")] == [40, 40]
+    again = CliRunner().invoke(app, args(workspace, tmp_path / "run", "--max-steps", "40", "--eval-every", "0", "--resume"))
+    assert again.exit_code == 0 and "no step ran" in again.output  # a finished run resumes to nothing, cleanly

@@ -86,7 +86,6 @@ def barrier(world: World) -> None:
 
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # every rank done with its collectives before the group goes away
         dist.destroy_process_group()
 
 

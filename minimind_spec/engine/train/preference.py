@@ -20,6 +20,7 @@ collapsing likelihoods or a policy that does not move.
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +31,7 @@ from torch import nn
 from builders import adapters_disabled
 from builders.techniques import IGNORE_INDEX, dpo_loss, sequence_log_probs
 
+from ...errors import InputError
 from ..data.token_cache import TokenCache
 from .monitors import DPOWatch, ExpertLoadWatch, moe_metrics
 from .stages import held_out_split
@@ -67,7 +69,7 @@ class PreferenceRunner:
     def __post_init__(self) -> None:
         pairs = len(self.cache) // 2
         if pairs == 0:
-            raise ValueError("the preference data holds no usable pair")
+            raise InputError(f"{self.cache.meta.source}: no usable preference pair")
         self.train_rows, self.eval_rows = held_out_split(pairs, self.eval_fraction, self.max_eval_rows)
 
     def batch(self, indices: list[int], device: torch.device | str) -> PairBatch:
@@ -95,8 +97,13 @@ class PreferenceRunner:
         if self.reference_mode == "copy":
             assert self.reference is not None
             return self._log_probs(self.reference, batch)[0].float()
-        with adapters_disabled(model):
-            return self._log_probs(model, batch)[0].float()
+        was_training = model.training
+        model.eval()  # no dropout in the reference, as in the other two forms
+        try:
+            with adapters_disabled(model):
+                return self._log_probs(model, batch)[0].float()
+        finally:
+            model.train(was_training)
 
     def objective(self, model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, dict[str, float]]:
         reference = self._reference_log_probs(model, batch)  # (2B,)
@@ -131,7 +138,8 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def precompute_reference(runner: PreferenceRunner, model: nn.Module, device: str, micro_batch: int) -> np.ndarray:
+def precompute_reference(runner: PreferenceRunner, model: nn.Module, device: str, micro_batch: int,
+                         autocast_dtype: torch.dtype | None = None) -> np.ndarray:
     """Every sample's reference log-prob under `model` as the stage receives it (its adapters, if
     any, included), in one pass before training."""
     pairs = np.concatenate([runner.train_rows, runner.eval_rows]).tolist()
@@ -140,7 +148,8 @@ def precompute_reference(runner: PreferenceRunner, model: nn.Module, device: str
     model.eval()
     for start in range(0, len(pairs), micro_batch):
         batch = runner.batch(pairs[start:start + micro_batch], device)
-        values = runner._log_probs(model, batch)[0]
+        with torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
+            values = runner._log_probs(model, batch)[0]  # the precision the policy trains in
         logps[batch.samples.numpy()] = values.double().cpu().numpy()
     model.train(was_training)
     return logps

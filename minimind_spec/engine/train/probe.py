@@ -30,7 +30,7 @@ from ..trainability import set_trainable
 from .loop import METRICS_FILE, LoopConfig, run_stage
 from .stages import Batch, LanguageModelRunner, RowRunner
 
-PROBED_KINDS = ("pretrain", "sft")  # stages whose objective runs in this version
+PROBED_KINDS = ("pretrain", "sft")  # stages that need nothing but rows (DPO and distillation need data and a frozen model)
 
 
 @dataclass
@@ -63,7 +63,7 @@ def probe_stage(resolved: ResolvedSpec, graph: nx.DiGraph, stage: StagePlan, dev
     """Tokens per second of `stage` on `device`: the median over `steps` optimizer steps after one warm-up step."""
     assert resolved.training is not None
     if stage.kind not in PROBED_KINDS:
-        raise ValueError(f"the {stage.kind} stage does not run in this version, so it cannot be probed")
+        raise ValueError(f"the {stage.kind} stage is not probed: it needs its data and frozen model")
     model = compile_graph(graph, device=device, seed=0)
     set_trainable(model, graph, {ParamRole(role) for role in stage.trainable_roles})
     runner = RandomRows(stage.kind, stage.batch_size * (steps + 1), stage.seq_len, resolved.model.vocab_size,

@@ -156,9 +156,12 @@ def run_plan(resolved: ResolvedSpec, plan: TrainingPlan, options: RunOptions, in
     try:
         for stage in plan.stages:
             results.append(_run_stage(resolved, graph, stage, options, device, cache_dir, tokenizer, previous, world))
+            if results[-1].interrupted:
+                break  # Ctrl-C: the stage saved a checkpoint; --resume continues it, then the later stages
             previous = options.out / stage.kind / "final"
+        distributed.barrier(world)  # every rank done with its collectives before the group goes away
     finally:
-        distributed.teardown()
+        distributed.teardown()  # no barrier here: a rank that failed must not wait for the others
     return results
 
 
@@ -182,6 +185,9 @@ def _runner(stage: StagePlan, resolved: ResolvedSpec, cache, model: torch.nn.Mod
         if teacher_config.model.vocab_size != resolved.model.vocab_size:
             raise InputError(f"the teacher's vocab is {teacher_config.model.vocab_size:,} but the student's is "
                              f"{resolved.model.vocab_size:,}: teacher and student must share the tokenizer")
+        if teacher_config.model.max_position_embeddings < stage.seq_len:
+            raise InputError(f"the teacher takes at most {teacher_config.model.max_position_embeddings} positions; the "
+                             f"stage's rows are {stage.seq_len} long (lower seq_len, or use a teacher with more positions)")
         teacher = frozen_teacher(load_model(teacher_files.config, teacher_files.weights, device=device), device)
         layout = sample_layout(cache, stage.seq_len, options.pack)
         return DistillationRunner(stage.kind, cache, layout, tokenizer.pad_id, stage.label_smoothing, teacher=teacher,
@@ -196,7 +202,8 @@ def _runner(stage: StagePlan, resolved: ResolvedSpec, cache, model: torch.nn.Mod
     if mode == "copy":
         runner.reference = frozen_copy(model)
     elif mode == "precomputed":
-        runner.reference_logps = precompute_reference(runner, model, device, stage.micro_batch)
+        runner.reference_logps = precompute_reference(runner, model, device, stage.micro_batch,
+                                                      torch.bfloat16 if resolved.model.dtype == "bfloat16" else None)
     return runner
 
 
