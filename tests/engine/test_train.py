@@ -154,14 +154,19 @@ def test_a_non_finite_loss_skips_the_step_and_too_many_stop_the_run(workspace, t
     assert latest_checkpoint(config.run_dir).name == "step-00000004"  # the last good one, intact
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(workspace, tmp_path):
-    process = _train_process(workspace, tmp_path / "run", "--save-every", "1000")
-    metrics_path = tmp_path / "run" / "pretrain" / "metrics.jsonl"
+def _interrupt_after_3_steps(process, metrics_path):
+    """Ctrl-C (SIGINT) once the run has logged 3 steps; the process must then exit 0."""
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics_path.is_file() and len(metrics_path.read_text().splitlines()) >= 3):
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=120) == 0, process.stderr.read().decode()[-2000:]
+    return metrics_path
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(workspace, tmp_path):
+    process = _train_process(workspace, tmp_path / "run", "--save-every", "1000")
+    metrics_path = _interrupt_after_3_steps(process, tmp_path / "run" / "pretrain" / "metrics.jsonl")
     steps = len(metrics(metrics_path))
     assert 3 <= steps < 14
     from minimind_spec.engine.train.checkpoint import latest_checkpoint, read_state
@@ -289,12 +294,7 @@ def test_ctrl_c_stops_the_whole_run_and_resume_finishes_every_stage(workspace, t
                                                             "--save-every", "1000", "--eval-every", "0")]
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
-    metrics_path = tmp_path / "run" / "pretrain" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (metrics_path.is_file() and len(metrics_path.read_text().splitlines()) >= 3):
-        time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=120) == 0, process.stderr.read().decode()[-2000:]
+    metrics_path = _interrupt_after_3_steps(process, tmp_path / "run" / "pretrain" / "metrics.jsonl")
     assert "--resume continues it" in process.stdout.read().decode()
     assert not (tmp_path / "run" / "sft").exists()  # the next stage did not start from a missing final/
     resumed = CliRunner().invoke(app, args(workspace, tmp_path / "run", "--max-steps", "40", "--eval-every", "0", "--resume"))
