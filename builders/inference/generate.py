@@ -53,6 +53,27 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: floa
 
 
 @torch.inference_mode()
+def check_generation_arguments(input_ids: torch.Tensor, vocab_size: int, *, max_new_tokens: int, temperature: float,
+                               top_k: int, top_p: float, repetition_penalty: float) -> None:
+    """ValueError for the first argument outside its range (ids must lie in [0, vocab_size))."""
+    checks = (
+        ("max_new_tokens", max_new_tokens >= 0, "an integer >= 0"),
+        ("temperature", temperature >= 0.0, ">= 0 (0 is greedy decoding)"),
+        ("top_k", top_k >= 0, "an integer >= 0 (0 keeps every token)"),
+        ("top_p", 0.0 < top_p <= 1.0, "in (0, 1] (1 keeps every token)"),
+        ("repetition_penalty", repetition_penalty > 0.0, "> 0 (1 is no penalty)"),
+    )
+    for name, ok, allowed in checks:
+        if not ok:
+            raise ValueError(f"{name} must be {allowed}; got {locals()[name]!r}")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be (batch, length) with length >= 1; got shape {tuple(input_ids.shape)}")
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"input_ids must lie in [0, {vocab_size}) (the vocabulary); got token id {bad}")
+
+
 def generate(
     model: CausalLM, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -60,7 +81,11 @@ def generate(
     use_cache: bool = True, fast_decode: bool = True, generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Continue `input_ids` (B, T), left-padded where `attention_mask` (B, T) has zeros.
-    Returns (B, T + n) with n <= max_new_tokens; finished rows are filled with `pad_token_id`."""
+    Returns (B, T + n) with n <= max_new_tokens; finished rows are filled with `pad_token_id`.
+    A sampling argument out of its range, or a token id outside the vocabulary, is a ValueError
+    naming the argument and its allowed range."""
+    check_generation_arguments(input_ids, model.model.embed_tokens.num_embeddings, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     B, T = input_ids.shape
     if T + max_new_tokens > model.max_position_embeddings:
         raise ValueError(f"{T} + {max_new_tokens} tokens exceed max_position_embeddings ({model.max_position_embeddings})")

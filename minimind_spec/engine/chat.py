@@ -31,8 +31,11 @@ def generate_text(path: Path, prompt: str, *, chat: bool, tokenizer_dir: Path | 
     if room <= 0:
         raise InputError(f"the prompt is {len(ids)} tokens; the model takes at most {model.max_position_embeddings}")
     generator = torch.Generator(device=device).manual_seed(seed)
-    output = model.generate(torch.tensor([ids], device=device), max_new_tokens=min(max_new_tokens, room),
-                            temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=tokenizer.eos_id,
-                            pad_token_id=tokenizer.pad_id, generator=generator)
+    try:
+        output = model.generate(torch.tensor([ids], device=device), max_new_tokens=min(max_new_tokens, room),
+                                temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=tokenizer.eos_id,
+                                pad_token_id=tokenizer.pad_id, generator=generator)
+    except ValueError as error:  # an argument out of range, or a tokenizer larger than the model's vocabulary
+        raise InputError(str(error)) from None
     new = [t for t in output[0, len(ids):].tolist() if t not in (tokenizer.eos_id, tokenizer.pad_id)]
     return tokenizer.decode(new)

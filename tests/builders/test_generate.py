@@ -100,3 +100,20 @@ def test_filters_and_penalty_match_hf_processors():
     assert torch.equal(filter_top_k_top_p(logits, 7, 1.0).isinf(), expected.isinf())
     expected = processors.TopPLogitsWarper(0.8)(tokens, logits.clone())
     assert torch.equal(filter_top_k_top_p(logits, 0, 0.8).isinf(), expected.isinf())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -0.5}, "temperature must be >= 0"),
+    ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+    ({"top_p": 1.5}, "top_p must be in (0, 1]"),
+    ({"top_k": -1}, "top_k must be an integer >= 0"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+    ({"prompt": [[1, 2, 10**6]]}, "input_ids must lie in [0, "),
+    ({"prompt": [[-3, 2]]}, "got token id -3"),
+])
+def test_arguments_out_of_range_are_named(tiny, kwargs, message):
+    model = compile_model(tiny({}), seed=0)
+    prompt = torch.tensor(kwargs.pop("prompt", [[1, 2, 3]]))
+    with pytest.raises(ValueError) as error:
+        model.generate(prompt, max_new_tokens=2, **kwargs)
+    assert message in str(error.value)

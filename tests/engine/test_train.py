@@ -214,6 +214,9 @@ def test_a_run_loads_in_build_export_generate_and_init(workspace, trained, tmp_p
 
     said = CliRunner().invoke(app, ["generate", str(checkpoint), "the cat", "--no-chat", "--max-new-tokens", "4"])
     assert said.exit_code == 0 and said.stdout.strip(), said.output
+    for flag, value, message in (("--temperature", "-1", "temperature must be >= 0"), ("--top-p", "0", "top_p must be in (0, 1]")):
+        bad = CliRunner().invoke(app, ["generate", str(trained), "hi", flag, value])
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
 
     init = CliRunner().invoke(app, ["train", str(workspace / "tiny.json"), "--stage", "sft", "--init", str(trained / "pretrain"),
                                     "--sft-data", str(workspace / "sft.jsonl"), "--tokenizer", str(workspace / "tok"),
