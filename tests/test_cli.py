@@ -165,3 +165,23 @@ def test_unwritable_outputs_and_missing_devices_exit_2(tmp_path, command):
 
 def test_unknown_device_is_rejected_by_the_option():
     assert run("build", SPEC, "--out", "x", "--device", "tpu").exit_code == 2
+
+
+def test_schema_default_is_beside_the_shipped_spec_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("schema", "--check")
+    assert result.exit_code == 0, result.output  # it found ROOT/spec/minimind.schema.json from elsewhere
+    assert str(ROOT / "spec" / "minimind.schema.json") in result.output.replace("\n", "")
+    assert not (tmp_path / "spec").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["build", str(SPEC), "--seed", "99999999999999999999"],
+    ["build", str(SPEC), "--seed", "-1"],
+    ["train", str(SPEC), "--plan", "--eval-every", "-1"],
+    ["train", str(SPEC), "--plan", "--micro-batch", "0"],
+    ["tokenizer", "train", str(SPEC), "--out", "x", "--vocab-size", "0"],
+])
+def test_numeric_options_are_bounded(args):
+    result = run(*args)
+    assert result.exit_code == 2 and "Invalid value" in result.output and "Traceback" not in result.output

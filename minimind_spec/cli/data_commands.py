@@ -20,9 +20,9 @@ def tokenizer_train(
                                                  "preference pairs: every string in them is used).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for tokenizer.json and tokenizer_config.json.",
                                       show_default=False)],
-    vocab_size: Annotated[int, typer.Option("--vocab-size", "--vocab_size", help="Ids in all, special tokens included "
+    vocab_size: Annotated[int, typer.Option("--vocab-size", "--vocab_size", min=8, max=2**31 - 1, help="Ids in all, special tokens included "
                                             "(the card's spec: 6400).")] = 6400,
-    min_frequency: Annotated[int, typer.Option("--min-frequency", help="Merge only pairs seen this often.")] = 2,
+    min_frequency: Annotated[int, typer.Option("--min-frequency", min=1, help="Merge only pairs seen this often.")] = 2,
 ) -> None:
     """Train byte-level BPE with MiniMind's special tokens: <|endoftext|> = 0 (pad), <|im_start|> = 1
     (BOS), <|im_end|> = 2 (EOS), <think> = 3, </think> = 4. The directory loads in

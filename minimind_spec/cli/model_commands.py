@@ -18,10 +18,10 @@ def generate_command(
     prompt: Annotated[str, typer.Argument(help="The prompt (a user message with --chat).", show_default=False)],
     chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Wrap the prompt in the ChatML template "
                                        "(for SFT models) and stop at <|im_end|>.")] = True,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate at most.")] = 64,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=1_000_000, help="Tokens to generate at most.")] = 64,
     temperature: Annotated[float, typer.Option("--temperature", help="0 for greedy decoding.")] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling threshold.")] = 1.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the sampling.")] = 0,
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer directory, if the run has none beside "
                                                    "the model.", show_default=False)] = None,
 ) -> None:

@@ -10,11 +10,19 @@ import typer
 from rich import box
 from rich.table import Table
 
-from ..errors import SpecError
+from ..errors import Problem, SpecError
 from .app import app, console, guarded, print_json, print_problems
 from .options import AsJson, SpecPath, Variant
 
-DEFAULT_SCHEMA_PATH = Path("spec/minimind.schema.json")
+PACKAGE_SPEC_DIR = Path(__file__).resolve().parents[2] / "spec"  # the shipped specs, beside the package in a checkout
+
+
+def default_schema_path() -> Path:
+    """`spec/minimind.schema.json` beside the package's shipped spec (never relative to the working directory)."""
+    if not (PACKAGE_SPEC_DIR / "minimind.json").is_file():
+        raise SpecError(Problem("", f"no shipped spec directory beside the package ({PACKAGE_SPEC_DIR})",
+                                "pass -o FILE to say where the schema goes"))
+    return PACKAGE_SPEC_DIR / "minimind.schema.json"
 
 
 @app.command()
@@ -66,13 +74,16 @@ def explain(path: SpecPath, variant: Variant = None, as_json: AsJson = False) ->
 @app.command()
 @guarded
 def schema(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON Schema.")] = DEFAULT_SCHEMA_PATH,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write the JSON Schema (default: "
+                                             "spec/minimind.schema.json beside the package's shipped spec).",
+                                             show_default=False)] = None,
     check: Annotated[bool, typer.Option("--check", help="Do not write; exit 1 if the file differs from the models.")] = False,
 ) -> None:
     """Write the JSON Schema generated from the spec models (for editors: add "$schema" to a spec)."""
     from ..validate import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
+    out = out if out is not None else default_schema_path()
     if check:
         current = out.read_text(encoding="utf-8") if out.is_file() else None
         if current != text:
@@ -81,7 +92,9 @@ def schema(
         console.print(f"[green]up to date[/green] {out}")
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    staging = out.with_name(f".{out.name}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    staging.replace(out)  # whole or not at all
     console.print(f"wrote {out}")
 
 
@@ -92,7 +105,7 @@ def build(
     variant: Variant = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for resolved.json, graph.json (node-link), model.safetensors and config.json.")] = None,
     device: Annotated[Literal["cpu", "cuda", "mps", "meta"], typer.Option("--device", help="Device for the weights written with --out; 'meta' builds without allocating (no weights file).")] = "cpu",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights written with --out.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the initial weights written with --out.")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Treat declared-vs-compiled mismatches as errors (exit 2).")] = False,
     weights: Annotated[Path | None, typer.Option("--weights", help="Trained weights for this spec: a run directory (its newest "
                                                  "finished stage), a stage directory, a checkpoint or a model directory. "

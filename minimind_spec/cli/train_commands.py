@@ -23,8 +23,8 @@ from .reports import fmt_bytes
 
 
 
-def _opt(*names: str, help: str) -> Any:  # noqa: A002 - typer's own keyword
-    return typer.Option(*names, help=help, show_default=False)
+def _opt(*names: str, help: str, **bounds: Any) -> Any:  # noqa: A002 - typer's own keyword
+    return typer.Option(*names, help=help, show_default=False, **bounds)
 
 
 @app.command("train")
@@ -47,9 +47,9 @@ def train_command(
                                          "checkpoint or model directory), with the student's tokenizer.")] = None,
     tokenizer: Annotated[Path | None, _opt("--tokenizer", help="Tokenizer directory (tokenizer.json); its size must equal "
                                            "the spec's vocab.")] = None,
-    micro_batch: Annotated[int | None, _opt("--micro-batch", "--micro_batch", help="Sequences per forward pass; "
+    micro_batch: Annotated[int | None, _opt("--micro-batch", "--micro_batch", min=1, help="Sequences per forward pass; "
                                             "the rest of the batch is gradient accumulation.")] = None,
-    tokens_per_s: Annotated[float | None, _opt("--tokens-per-s", "--tokens_per_s", help="Training throughput for the "
+    tokens_per_s: Annotated[float | None, _opt("--tokens-per-s", "--tokens_per_s", min=1e-9, help="Training throughput for the "
                                                "wall-time estimate.")] = None,
     probe: Annotated[bool, typer.Option("--probe", help="With --plan: measure the pretrain and SFT stages' tokens/s by training the real "
                                         "model for a few steps on random tokens (on --device), for the wall-time "
@@ -74,7 +74,7 @@ def train_command(
                                        "bfloat16).")] = False,
     out: Annotated[Path | None, _opt("--out", "-o", help="Run directory: per stage its checkpoints, metrics.jsonl "
                                      "and final/ weights.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and the data order.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the initial weights and the data order.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda or mps.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint, exactly.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Resume even though the spec changed since the checkpoint.")] = False,
@@ -82,8 +82,8 @@ def train_command(
                                           "for comparison.")] = False,
     skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="Skip malformed data lines (counted) "
                                                  "instead of stopping at the first.")] = False,
-    eval_every: Annotated[int, typer.Option("--eval-every", help="Held-out perplexity every N steps.")] = 50,
-    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps.")] = 50,
+    eval_every: Annotated[int, typer.Option("--eval-every", min=0, help="Held-out perplexity every N steps.")] = 50,
+    save_every: Annotated[int, typer.Option("--save-every", min=1, help="Checkpoint every N steps.")] = 50,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels (bit-exact resume on CPU).")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar (logs only).")] = False,
     fsdp: Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard weights, gradients and optimizer state over "
@@ -93,7 +93,7 @@ def train_command(
                                                  "before training, so only the policy is in memory.")] = False,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (slower start, "
                                                 "faster steps on GPUs).")] = False,
-    nproc: Annotated[int | None, _opt("--nproc", help="Processes the run will use (default: torchrun's WORLD_SIZE, "
+    nproc: Annotated[int | None, _opt("--nproc", min=1, help="Processes the run will use (default: torchrun's WORLD_SIZE, "
                                       "else 1): the plan's batch split and, with --fsdp, per-process memory.")] = None,
 ) -> None:
     """Plan and run the spec's training: pretrain -> sft -> distill -> dpo, LoRA as the adapter mode.
