@@ -185,3 +185,12 @@ def test_schema_default_is_beside_the_shipped_spec_not_the_working_directory(tmp
 def test_numeric_options_are_bounded(args):
     result = run(*args)
     assert result.exit_code == 2 and "Invalid value" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS - {"tokenizer", "lora"}) + ["tokenizer train", "lora merge"])
+def test_help_teaches_without_noise(command):
+    result = run(*command.split(), "--help")
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output  # flags take no value: no type shown
+    if command == "tokenizer train":
+        assert "<think> = 3" in result.output and "</think> = 4" in result.output  # not swallowed as markup

@@ -12,10 +12,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
+import click
 import typer
+from typer.core import TyperOption
 from rich.console import Console
 
 from ..errors import InputError, Problem, Severity, SpecError
+
+def _flags_without_a_type(option: TyperOption, ctx: click.Context) -> str | None:
+    """Typer shows `<bool>` in the type column of a flag, which takes no value: show nothing there."""
+    return None if option.is_flag else _typed_display(option, ctx)
+
+
+_typed_display = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flags_without_a_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="minimind-spec",
@@ -26,7 +36,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",  # docstring paragraphs rewrap to the terminal; `code` shows as code
 )
 
 console = Console(highlight=False, soft_wrap=True)

@@ -24,8 +24,8 @@ def tokenizer_train(
                                             "(the card's spec: 6400).")] = 6400,
     min_frequency: Annotated[int, typer.Option("--min-frequency", min=1, help="Merge only pairs seen this often.")] = 2,
 ) -> None:
-    """Train byte-level BPE with MiniMind's special tokens: <|endoftext|> = 0 (pad), <|im_start|> = 1
-    (BOS), <|im_end|> = 2 (EOS), <think> = 3, </think> = 4. The directory loads in
+    """Train byte-level BPE with MiniMind's special tokens: `<|endoftext|>` = 0 (pad), `<|im_start|>` = 1
+    (BOS), `<|im_end|>` = 2 (EOS), `<think>` = 3, `</think>` = 4. The directory loads in
     transformers.AutoTokenizer, ChatML chat template included.
 
     Example: `minimind-spec tokenizer train data/pretrain.jsonl data/sft.jsonl --vocab-size 6400 --out tokenizer/`.
