@@ -178,6 +178,7 @@ def load_document(path: str | Path, _stack: tuple[Path, ...] = ()) -> LoadedDocu
     if not isinstance(data, dict):
         raise SpecError(Problem("", f"a spec is a JSON object, got {type(data).__name__}"), source)
     warnings = [Problem(w.path, f"{path.name}: {w.message}", w.hint, w.severity) for w in warnings]
+    _accept_alias_spellings(data)
 
     here = path.resolve()
     chain, own_data = (path,), (data,)
@@ -194,6 +195,21 @@ def load_document(path: str | Path, _stack: tuple[Path, ...] = ()) -> LoadedDocu
         warnings = [*base.warnings, *warnings]
         chain, own_data = chain + base.chain, own_data + base.own_data
     return LoadedDocument(data=data, path=path, warnings=tuple(warnings), chain=chain, own_data=own_data)
+
+
+ROPE_TYPE_ALIASES = ("rope_type", "kind")  # Hugging Face configs say rope_type; "kind" is what ResolvedSpec calls it
+
+
+def _accept_alias_spellings(data: dict[str, Any]) -> None:
+    """Rename, in one file's own document (before `extends` merges it), the spellings other tools
+    use to the spec's: `hyperparams.rope_scaling.rope_type` / `.kind` -> `.type`. A document that
+    gives two of them is left alone, for validation to report."""
+    hyperparams = data.get("hyperparams")
+    scaling = hyperparams.get("rope_scaling") if isinstance(hyperparams, dict) else None
+    if isinstance(scaling, dict) and "type" not in scaling:
+        given = [alias for alias in ROPE_TYPE_ALIASES if alias in scaling]
+        if len(given) == 1:
+            scaling["type"] = scaling.pop(given[0])
 
 
 def load_spec(path: str | Path) -> Spec:

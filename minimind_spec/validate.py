@@ -131,9 +131,30 @@ def _problem_from_pydantic(error: dict[str, Any]) -> Problem:
         return Problem(path, f"{_short(value)} is not allowed", hint)
     if kind == "none_required":
         return Problem(path, f"must be null, got {_short(value)}", "applies to convolutional or vision backbones only")
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        return Problem(path, error["msg"])
+    if kind == "union_tag_not_found":
+        tags = error.get("ctx", {}).get("discriminator", "'type'")
+        options = [t.strip(" '") for t in str(_expected_tags(annotation)).split(",")] if _expected_tags(annotation) else []
+        return Problem(path, f"missing the key {tags} (\"rope_type\" and \"kind\" are accepted for it too)",
+                       f"one of: {', '.join(map(repr, options))}" if options else None)
+    if kind == "union_tag_invalid":
+        ctx = error.get("ctx", {})
+        options = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip(" '")]
+        tag = ctx.get("tag")
+        guess = closest(tag, options) if isinstance(tag, str) else None
+        hint = f"did you mean {guess!r}?" if guess else (f"one of: {', '.join(map(repr, options))}" if options else None)
+        return Problem(path + "/type", f"{_short(tag)} is not allowed", hint)
     return Problem(path, f"{error['msg']}, got {_short(value)}" if not isinstance(value, dict) else error["msg"])
+
+
+def _expected_tags(annotation: Any) -> str | None:
+    """The tags of a discriminated union annotation ('none', 'linear', ...), or None."""
+    members = typing.get_args(_unwrap(annotation))
+    tags = []
+    for member in members:
+        field = getattr(member, "model_fields", {}).get("type")
+        if field is not None and typing.get_origin(field.annotation) is Literal:
+            tags += [repr(t) for t in typing.get_args(field.annotation)]
+    return ", ".join(tags) or None
 
 
 def model_problems(data: dict[str, Any]) -> tuple[Spec | None, list[Problem]]:

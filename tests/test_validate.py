@@ -247,3 +247,21 @@ def test_context_past_the_position_cap(write_spec):
 def test_full_rank_lora_is_a_warning(write_spec):
     spec = load_spec(write_spec(techniques={"lora": {"enabled": True, "placements": ["q_proj"], "rank": 64}}))
     assert any(w.path == "/techniques/lora/rank" for w in spec.origin.warnings)
+
+
+@pytest.mark.parametrize("spelling", ["type", "rope_type", "kind"])
+def test_rope_scaling_takes_the_spellings_of_other_tools(write_spec, spelling):
+    from minimind_spec import resolve
+
+    hyperparams = {**TINY["hyperparams"], "rope_scaling": {spelling: "linear", "factor": 2.0}}
+    resolved = resolve(load_spec(write_spec(hyperparams=hyperparams)))
+    assert resolved.model.rope_scaling.kind == "linear" and resolved.model.rope_scaling.factor == 2.0
+
+
+@pytest.mark.parametrize("scaling, expected", [
+    ({"type": "lineer", "factor": 2.0}, ("/hyperparams/rope_scaling/type", "'lineer' is not allowed", "did you mean 'linear'?")),
+    ({"factor": 2.0}, ("/hyperparams/rope_scaling", "missing the key 'type'", "one of: 'none', 'linear', 'ntk', 'yarn'")),
+])
+def test_rope_scaling_type_errors_read_like_the_others(write_spec, scaling, expected):
+    found = problems_of(write_spec, hyperparams={**TINY["hyperparams"], "rope_scaling": scaling})
+    assert [(p.path, p.message.split(" (")[0], p.hint) for p in found] == [expected]
