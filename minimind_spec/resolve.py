@@ -108,7 +108,9 @@ def _resolve_moe(spec: Spec, variant: str | None, mlp_hidden: int, record: _Reco
                              _trick_clause(spec, "moe-aux-loss")),
         aux_loss_weight=record.take("model.moe.aux_loss_weight", moe, "aux_loss_weight", path),
         num_shared_experts=record.take("model.moe.num_shared_experts", moe, "num_shared_experts", path),
-        norm_topk_prob=record.take("model.moe.norm_topk_prob", moe, "norm_topk_prob", path),
+        norm_topk_prob=record.take("model.moe.norm_topk_prob", moe, "norm_topk_prob", path, moe.norm_topk_prob and moe.top_k > 1,
+                                   f"top_k {moe.top_k}" + (": one renormalised weight is always 1 and would give the router "
+                                                           "no gradient" if moe.top_k == 1 else "")),
         expert_hidden=record.take("model.moe.expert_hidden", moe, "expert_hidden", path, mlp_hidden, "MLP hidden size"),
     )
 

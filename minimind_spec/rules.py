@@ -78,6 +78,10 @@ def _check_moe(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> No
     moe = spec.moe
     if moe.top_k > moe.num_experts:
         errors.append(Problem(pointer("moe", "top_k"), f"top_k {moe.top_k} is larger than num_experts {moe.num_experts}"))
+    if moe.top_k == 1 and moe.norm_topk_prob and "norm_topk_prob" in moe.model_fields_set:
+        errors.append(Problem(pointer("moe", "norm_topk_prob"), "is true with top_k 1: one renormalised weight is always 1, so "
+                              "the router would get no gradient and never learn", "set norm_topk_prob to false (the "
+                              "default for top_k 1), or top_k to 2 or more"))
     if "moe-aux-loss" in spec.tricks and moe.aux_loss is False:
         errors.append(Problem(pointer("moe", "aux_loss"), "is false but tricks lists 'moe-aux-loss'", "drop one of the two"))
     if "MoE" not in spec.backbone.variants and "moe" in spec.model_fields_set:

@@ -265,3 +265,13 @@ def test_rope_scaling_takes_the_spellings_of_other_tools(write_spec, spelling):
 def test_rope_scaling_type_errors_read_like_the_others(write_spec, scaling, expected):
     found = problems_of(write_spec, hyperparams={**TINY["hyperparams"], "rope_scaling": scaling})
     assert [(p.path, p.message.split(" (")[0], p.hint) for p in found] == [expected]
+
+
+def test_top1_routing_with_renormalised_weights_is_refused_and_derived_off_by_default(write_spec):
+    from minimind_spec import resolve
+
+    found = problems_of(write_spec, moe={"num_experts": 4, "top_k": 1, "norm_topk_prob": True})
+    assert [(p.path, "no gradient" in p.message) for p in found] == [("/moe/norm_topk_prob", True)]
+    resolved = resolve(load_spec(write_spec(moe={"num_experts": 4, "top_k": 1})), "MoE")
+    assert resolved.model.moe.norm_topk_prob is False
+    assert resolved.provenance["model.moe.norm_topk_prob"].startswith("derived: top_k 1")

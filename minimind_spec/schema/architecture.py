@@ -137,5 +137,5 @@ class MoE(SpecModel):
     )
     aux_loss_weight: Annotated[float, Field(ge=0.0)] = Field(default=0.01, description="Weight of the auxiliary loss (MiniMind's aux_loss_alpha).")
     num_shared_experts: Annotated[int, Field(ge=0, le=64)] = Field(default=0, description="Always-on experts added to every token's output (at most 64).")
-    norm_topk_prob: bool = Field(default=True, description="Renormalise the top-k routing weights to sum to one.")
+    norm_topk_prob: bool = Field(default=True, description="Renormalise the top-k routing weights to sum to one (default: true for top_k >= 2, false for top_k 1, whose single weight would always be 1).")
     expert_hidden: PositiveInt | None = Field(default=None, description="Hidden size of each expert. Default: the dense MLP hidden size.")
