@@ -194,3 +194,20 @@ def test_help_teaches_without_noise(command):
     assert "<bool>" not in result.output  # flags take no value: no type shown
     if command == "tokenizer train":
         assert "<think> = 3" in result.output and "</think> = 4" in result.output  # not swallowed as markup
+
+
+def test_o_means_the_output_everywhere():
+    import typer.main
+
+    command = typer.main.get_command(app)
+    seen = {}
+
+    def walk(group, prefix):
+        for name, sub in getattr(group, "commands", {}).items():
+            walk(sub, f"{prefix} {name}".strip())
+        for param in getattr(group, "params", []):
+            if param.param_type_name == "option" and "-o" in param.opts:
+                seen[prefix] = param.opts
+
+    walk(command, "")
+    assert seen and all("--out" in opts for opts in seen.values()), seen

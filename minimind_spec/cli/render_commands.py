@@ -28,7 +28,7 @@ def render_command(
     expand: Annotated[bool, typer.Option(
         "--expand", help="Draw every node; by default identical repeated layers (and MoE experts) are drawn once, marked xN.")] = False,
     variant: Variant = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.", show_default=False)] = None,
+    output: Annotated[Path | None, typer.Option("--out", "--output", "-o", help="Write here instead of stdout.", show_default=False)] = None,
 ) -> None:
     """Draw the module graph (the one that compiles) with shapes and parameter counts."""
     graph = build_graph(resolve(load_spec(spec), variant))
