@@ -19,6 +19,8 @@ same variant, so the diff shows the ablation rather than the variant switch; a n
 
 from __future__ import annotations
 
+import json
+
 import re
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -50,6 +52,11 @@ class FieldChange:
     new: Any
     old_source: str  # "spec" | "default" | "absent"
     new_source: str
+
+    @property
+    def value_changed(self) -> bool:
+        """False when only the source differs (a default written out, or a value left to its default)."""
+        return self.old != self.new
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ class SpecDiff:
 
     @property
     def identical(self) -> bool:
-        return not (self.fields or self.resolved or self.nodes or self.edges or any(c.delta for c in self.costs)
+        return not (any(f.value_changed for f in self.fields) or any(r.old != r.new for r in self.resolved) or self.nodes or self.edges or any(c.delta for c in self.costs)
                     or self.a.ablation != self.b.ablation or self.a.variant != self.b.variant)
 
     def changed_node_ids(self) -> set[str]:
@@ -329,7 +336,7 @@ def to_json(result: SpecDiff) -> dict[str, Any]:
     return {
         "identical": result.identical,
         "a": asdict(result.a), "b": asdict(result.b), "notes": result.notes,
-        "fields": [asdict(f) for f in result.fields],
+        "fields": [{**asdict(f), "value_changed": f.value_changed} for f in result.fields],
         "resolved": [asdict(r) for r in result.resolved],
         "nodes": [{**asdict(n), "node_ids": list(n.node_ids), "count": n.count} for n in result.nodes],
         "edges": [asdict(e) for e in result.edges],
@@ -340,12 +347,22 @@ def to_json(result: SpecDiff) -> dict[str, Any]:
 # ----- text report -----
 
 def _value(value: Any) -> str:
+    """One value for the report: scalars inline, lists and objects as JSON (indented on their
+    own lines when long, never a Python repr)."""
+    if isinstance(value, (dict, list)):
+        compact = json.dumps(value)
+        if len(compact) <= 60:
+            return compact
+        if isinstance(value, list):  # one element per line
+            items = ",\n       ".join(json.dumps(item) for item in value)
+            return f"\n      [{items}]\n   "
+        return "\n      " + json.dumps(value, indent=2).replace("\n", "\n      ") + "\n   "
     return "null" if value is None else repr(value) if isinstance(value, str) else _show(value)
 
 
 def _field_line(f: FieldChange) -> str:
     line = f"  {f.path}: {_value(f.old)} ({f.old_source}) -> {_value(f.new)} ({f.new_source})"
-    if isinstance(f.old, list) and isinstance(f.new, list):
+    if isinstance(f.old, list) and isinstance(f.new, list) and not any(isinstance(x, (dict, list)) for x in f.old + f.new):
         gone = [x for x in f.old if x not in f.new]
         came = [x for x in f.new if x not in f.old]
         line += "  [" + ", ".join([f"-{x!r}" for x in gone] + [f"+{x!r}" for x in came]) + "]" if gone or came else ""
@@ -372,11 +389,19 @@ def format_text(result: SpecDiff) -> str:
         if side.ablation and (label == "B" or side.ablation != result.b.ablation):
             out.append(f"ablation ({label}) {side.ablation['name']}: expected effect: {side.ablation['expected_effect']}")
 
-    out.append(f"\nspec fields: {len(result.fields)} changed")
-    out += [_field_line(f) for f in result.fields]
-    if result.resolved:
-        out.append(f"\nresolved values: {len(result.resolved)} changed")
-        out += [f"  {r.key}: {_value(r.old)} ({r.old_provenance}) -> {_value(r.new)} ({r.new_provenance})" for r in result.resolved]
+    changed = [f for f in result.fields if f.value_changed]
+    out.append(f"\nspec fields: {len(changed)} changed")
+    out += [_field_line(f) for f in changed]
+    same = [f for f in result.fields if not f.value_changed]
+    if same:
+        out.append(f"  same value, only its source differs (spec <-> default): {', '.join(f.path for f in same)}")
+    moved = [r for r in result.resolved if r.old != r.new]
+    if moved:
+        out.append(f"\nresolved values: {len(moved)} changed")
+        out += [f"  {r.key}: {_value(r.old)} ({r.old_provenance}) -> {_value(r.new)} ({r.new_provenance})" for r in moved]
+    sourced = [r for r in result.resolved if r.old == r.new]
+    if sourced:
+        out.append(f"  same value, only its provenance differs: {', '.join(r.key for r in sourced)}")
 
     total = sum(c.count for c in result.nodes)
     out.append(f"\ngraph: {total} node{'s' if total != 1 else ''} changed" if result.nodes or result.edges else "\ngraph: unchanged")

@@ -211,3 +211,18 @@ def test_o_means_the_output_everywhere():
 
     walk(command, "")
     assert seen and all("--out" in opts for opts in seen.values()), seen
+
+
+@pytest.mark.parametrize("columns", ["80", "200"])
+def test_explain_never_cuts_a_field_name(columns):
+    import os
+    import subprocess
+    import sys
+
+    names = list(json.loads(run("explain", SPEC, "--variant", "MoE", "--json").stdout)["values"])
+    done = subprocess.run([sys.executable, "-m", "minimind_spec", "explain", str(SPEC), "--variant", "MoE"], cwd=ROOT,
+                          env={**os.environ, "COLUMNS": columns}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(names) > 50
+    for name in names:
+        assert name in done.stdout, name

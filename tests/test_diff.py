@@ -36,8 +36,13 @@ def test_a_default_set_explicitly_shows_as_such(write_spec) -> None:
     result = diff_specs(a, b)
     assert [(f.path, f.old, f.new, f.old_source, f.new_source) for f in result.fields] == \
         [("/hyperparams/rope_theta", 1_000_000.0, 1_000_000.0, "default", "spec")]
-    assert not result.nodes and not result.identical  # same model, but the spec now states the value
-    assert "/hyperparams/rope_theta: 1000000 (default) -> 1000000 (spec)" in format_text(result)
+    assert not result.nodes and result.identical  # the same model: writing a default out is not a change
+    text = format_text(result)
+    assert "identical" in text and "rope_theta: 1000000" not in text
+    c = write_spec(name="c.json", hyperparams={**TINY["hyperparams"], "rope_theta": 1_000_000.0, "n_layers": 3})
+    text = format_text(diff_specs(a, c))
+    assert "spec fields: 1 changed" in text and "/hyperparams/n_layers: 2 (spec) -> 3 (spec)" in text
+    assert "same value, only its source differs (spec <-> default): /hyperparams/rope_theta" in text
 
 
 def test_norm_change_is_grouped_across_layers_with_its_cost(write_spec) -> None:
@@ -75,7 +80,8 @@ def test_json_output_and_exit_codes(write_spec, tmp_path) -> None:
     assert cli.exit_code == 1
     data = json.loads(cli.stdout)
     assert data["identical"] is False
-    assert data["fields"] == [{"path": "/hyperparams/n_heads", "old": 4, "new": 8, "old_source": "spec", "new_source": "spec"}]
+    assert data["fields"] == [{"path": "/hyperparams/n_heads", "old": 4, "new": 8, "old_source": "spec", "new_source": "spec",
+                               "value_changed": True}]
     assert {"model.layers.*.self_attn.attention"} <= {n["pattern"] for n in data["nodes"]}
     assert {c["name"] for c in data["costs"]} >= {"total params", "trainable params", "FLOPs / token", "KV cache / token", "activations"}
     broken = tmp_path / "broken.json"
@@ -104,3 +110,13 @@ def test_a_change_in_one_layer_keeps_its_concrete_id() -> None:
     text = format_text(diff_specs(SPEC, SPEC.parent / "ablations" / "absolute_pe.json"))
     assert "edge model.embed_tokens -> model.layers.0.attn_residual [residual]" in text
     assert "layers.*.attn_residual" not in text
+
+
+def test_nested_values_print_as_json_never_a_python_repr(write_spec) -> None:
+    a = write_spec(name="a.json")
+    modules = [{"name": f"block {i}", "type": "Linear Projection", "params": 1000 * i, "notes": "x" * 30} for i in range(3)]
+    b = write_spec(name="b.json", modules=modules)
+    text = format_text(diff_specs(a, b))
+    line = next(line for line in text.splitlines() if line.startswith("  /modules"))
+    assert len(line) < 120 and "{'" not in text  # long lists go one element per line, as JSON
+    assert '{"name": "block 1", "type": "Linear Projection", "params": 1000' in text

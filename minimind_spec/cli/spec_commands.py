@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import Problem, SpecError
@@ -61,14 +62,21 @@ def explain(path: SpecPath, variant: Variant = None, as_json: AsJson = False) ->
     if as_json:
         print_json(resolved_to_json(resolved))
         return
+    rows = explain_rows(resolved)
+    widest = max(len(row.field) for row in rows)
+    if console.width < widest + 50:  # too narrow for three columns: one value per line, nothing cut
+        console.print(f"[bold]{resolved.name} ({resolved.variant or 'base'}) resolved[/bold]: field = value  (provenance)")
+        for row in rows:
+            console.print(f"{row.field} = {json.dumps(row.value)}  [dim]({escape(row.provenance)})[/dim]", soft_wrap=False)
+        return
     table = Table(title=f"{resolved.name} ({resolved.variant or 'base'}) resolved", box=box.SIMPLE_HEAD)
-    table.add_column("field", overflow="fold", ratio=4)
-    table.add_column("value", overflow="fold", max_width=18)
-    table.add_column("provenance", overflow="fold", ratio=4, min_width=26)
-    for row in explain_rows(resolved):
+    table.add_column("field", no_wrap=True, min_width=max(len(row.field) for row in rows))  # names are never cut
+    table.add_column("value", overflow="fold", max_width=40)  # values and provenance wrap
+    table.add_column("provenance", overflow="fold", min_width=12)
+    for row in rows:
         style = "cyan" if row.provenance.startswith("spec:") else ("magenta" if row.provenance.startswith(("derived", "variant")) else "dim")
         table.add_row(row.field, json.dumps(row.value), f"[{style}]{row.provenance}[/{style}]")
-    console.print(table)
+    console.print(table, soft_wrap=False)
 
 
 @app.command()
