@@ -43,6 +43,8 @@ def export_command(
                                            "directory, a checkpoint or a model directory.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write config.json, model.safetensors and the "
                                       "run's tokenizer into.", show_default=False)],
+    lora: Annotated[str, typer.Option("--lora", help="For a model with LoRA adapters: merged (folded into the weights), "
+                                      "base (adapters dropped) or adapter (the adapters alone, in PEFT's layout).")] = "merged",
 ) -> None:
     """Write a trained model as a model directory that loads anywhere.
 
@@ -52,14 +54,17 @@ def export_command(
     weights are safetensors (a tied lm_head stored once); the run's tokenizer goes along. Files
     are written to a temporary directory first, so a failure leaves nothing half-written.
 
+    A model with LoRA adapters never leaks adapter tensors into a base model: `--lora merged`
+    (the default) folds them in, `base` drops them, `adapter` writes them alone in PEFT's layout.
+
     Examples: `minimind-spec export runs/tiny --out models/tiny`,
     `minimind-spec export runs/tiny/sft/checkpoints/step-00000040 --out models/tiny-step40`.
     """
-    from ..engine.export import read_model_config, write_model_files
+    from ..engine.export import export_model
     from ..engine.model_dir import find_model
 
     found = find_model(source)
-    written = write_model_files(read_model_config(found.config), out, weights=found.weights, extra_files=found.tokenizer_files)
+    written = export_model(found.config, found.weights, out, lora, extra_files=found.tokenizer_files)
     console.print(f"exported {found.weights}")
     for path in written:
         console.print(f"wrote {path}")

@@ -223,3 +223,28 @@ def load_model_files(out_dir: Path, device: str = "cpu") -> torch.nn.Module:
     """Rebuild the model written by `write_model_files` (or a stage's final/) and load its weights."""
     out_dir = Path(out_dir)
     return load_model(out_dir / CONFIG_FILE, out_dir / WEIGHTS_FILE, device)
+
+
+LORA_EXPORTS = ("merged", "base", "adapter")
+
+
+def export_model(config_path: Path, weights: Path, out_dir: Path, lora: str = "merged",
+                 extra_files: tuple[Path, ...] = ()) -> list[Path]:
+    """Write a trained model as a model directory that loads without this package. A model with
+    LoRA adapters is written `merged` (adapters folded into the weights), as its `base` (adapters
+    dropped) or as the `adapter` alone in PEFT's layout; LoRA tensors never go into a base model's
+    weights."""
+    from .lora_io import merge_model, without_adapters, write_adapter
+
+    if lora not in LORA_EXPORTS:
+        raise InputError(f"--lora {lora!r}: one of {', '.join(LORA_EXPORTS)}")
+    resolved = read_model_config(config_path)
+    model = load_model(config_path, weights)
+    if resolved.model.lora is None:
+        if lora == "adapter":
+            raise InputError(f"{weights}: this model has no LoRA adapters to export")
+        return save_model_dir(model, resolved, out_dir, extra_files=extra_files)
+    if lora == "adapter":
+        return write_adapter(model.state_dict(), resolved, Path(out_dir))
+    model, resolved = merge_model(model, resolved) if lora == "merged" else without_adapters(model, resolved)
+    return save_model_dir(model, resolved, out_dir, extra_files=extra_files)

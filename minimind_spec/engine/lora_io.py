@@ -122,11 +122,16 @@ def merge_model(model: nn.Module, resolved: ResolvedSpec) -> tuple[nn.Module, Re
     if resolved.model.lora is None:
         raise InputError("this model has no LoRA adapters to merge")
     merge_lora(model)
+    return without_adapters(model, resolved)
+
+
+def without_adapters(model: nn.Module, resolved: ResolvedSpec) -> tuple[nn.Module, ResolvedSpec]:
+    """The model without its adapters (their effect dropped unless merged first), and its config without LoRA."""
     dense = dataclasses.replace(resolved, model=dataclasses.replace(resolved.model, lora=None))
-    merged = compile_model(dense, device=str(next(model.parameters()).device))
+    copy = compile_model(dense, device=str(next(model.parameters()).device))
     state = {k: v for k, v in model.state_dict().items() if ".lora." not in k}
-    result = merged.load_state_dict(state, strict=False)
+    result = copy.load_state_dict(state, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
-    if hasattr(merged, "tie_weights"):
-        merged.tie_weights()
-    return merged, dense
+    if hasattr(copy, "tie_weights"):
+        copy.tie_weights()
+    return copy, dense

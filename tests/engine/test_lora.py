@@ -99,3 +99,19 @@ def test_dpo_after_a_lora_stage_starts_from_its_input_model(workspace, lora_run,
     assert result.exit_code == 0, result.output
     first = metrics(tmp_path / "dpo" / "dpo" / "metrics.jsonl")[0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-5) and first["rewards/margins"] == pytest.approx(0, abs=1e-5)
+
+
+def test_export_never_leaks_adapters_into_a_base_model(trained, lora_run, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    ours = load_model_files(lora_run / "sft" / "final")
+    base = load_model_files(trained / "pretrain" / "final")
+    for mode, expected in (("merged", ours), ("base", base)):
+        done = CliRunner().invoke(app, ["export", str(lora_run), "--lora", mode, "--out", str(tmp_path / mode)])
+        assert done.exit_code == 0, done.output
+        hf, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / mode, output_loading_info=True)
+        assert not info["unexpected_keys"] and not info["missing_keys"], info  # no lora tensors, nothing left out
+        assert torch.allclose(_logits(hf), _logits(expected), atol=1e-5), mode
+    adapter = CliRunner().invoke(app, ["export", str(lora_run), "--lora", "adapter", "--out", str(tmp_path / "adapter")])
+    assert adapter.exit_code == 0 and (tmp_path / "adapter" / "adapter_config.json").is_file(), adapter.output
+    bad = CliRunner().invoke(app, ["export", str(trained), "--lora", "adapter", "--out", str(tmp_path / "none")])
+    assert bad.exit_code == 2 and "no LoRA adapters" in bad.output
