@@ -23,6 +23,7 @@ import torch
 from ..config import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig, value_changes, weight_values
 from ..errors import InputError, Problem, SpecError
 from .compile import INIT_STD, compile_model
+from .hf_layout import QWEN2_MOE, from_hf, hf_architecture, hf_mismatches, in_hf_layout, qwen2_moe_keys, to_hf
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -45,11 +46,12 @@ def _hf_rope(c: ModelConfig) -> tuple[float, dict[str, Any] | None]:
                           "attention_factor": rs.attention_factor}
 
 
-def model_config_dict(resolved: ResolvedSpec) -> dict[str, Any]:
-    """The config.json contents for `resolved`."""
+def model_config_dict(resolved: ResolvedSpec, hf_layout: bool = False) -> dict[str, Any]:
+    """The config.json contents for `resolved`: Llama's keys for a dense model Llama computes
+    exactly; with `hf_layout` (the weights written by `hf_layout.to_hf`), Qwen2-MoE's for MoE."""
     c = resolved.model
-    llama_compatible = (c.moe is None and c.positional_encoding == "RoPE" and c.norm == "RMSNorm"
-                        and c.activation == "SiLU")
+    architecture = hf_architecture(c)
+    llama_compatible = architecture == "llama"
     theta, scaling = _hf_rope(c)
     config: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM" if llama_compatible else "MiniMindForCausalLM"],
@@ -79,6 +81,8 @@ def model_config_dict(resolved: ResolvedSpec) -> dict[str, Any]:
             "model": dataclasses.asdict(c),
         },
     }
+    if hf_layout and architecture == QWEN2_MOE:
+        config |= qwen2_moe_keys(c)
     return config
 
 
@@ -118,7 +122,7 @@ def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu"
 
 
 def save_model_dir(model: torch.nn.Module, resolved: ResolvedSpec, out_dir: Path, seed: int | None = None,
-                   extra_files: tuple[Path, ...] = ()) -> list[Path]:
+                   extra_files: tuple[Path, ...] = (), hf_layout: bool = False) -> list[Path]:
     """Write `model` (built from `resolved`) as a model directory: config.json, model.safetensors
     (a tied lm_head once; none on the meta device) and `extra_files`. Every file is written into
     a temporary directory inside `out_dir` and then renamed into place, weights first and
@@ -129,7 +133,7 @@ def save_model_dir(model: torch.nn.Module, resolved: ResolvedSpec, out_dir: Path
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     on_meta = next(model.parameters()).device.type == "meta"
-    config = model_config_dict(resolved)
+    config = model_config_dict(resolved, hf_layout)
     config["minimind_spec"]["seed"] = seed
     config["minimind_spec"]["weights"] = None if on_meta else WEIGHTS_FILE
     staging = Path(tempfile.mkdtemp(prefix=".writing.", dir=out_dir))
@@ -140,6 +144,8 @@ def save_model_dir(model: torch.nn.Module, resolved: ResolvedSpec, out_dir: Path
             state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
             if resolved.model.tie_word_embeddings:
                 state.pop("lm_head.weight")  # shared with model.embed_tokens.weight
+            if hf_layout:
+                state = to_hf(state, resolved.model)
             save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "name": resolved.name})
             names.append(WEIGHTS_FILE)
         for extra in extra_files:
@@ -193,6 +199,8 @@ def load_weights_into(model: torch.nn.Module, weights: Path, fresh_adapters: boo
     device = next(model.parameters()).device
     state = load_file(str(weights), device=str(device))
     expected = set(model.state_dict())
+    if in_hf_layout(state):  # an export in Qwen2-MoE's layout: back to ours
+        state = from_hf(state, expected)
     extra = [k for k in state if k not in expected and k.endswith((".lora.A", ".lora.B"))]
     if extra:  # adapters this model does not have: dropped only when they change nothing (B = 0)
         live = [k for k in extra if k.endswith(".lora.B") and bool(state[k].any())]
@@ -230,21 +238,25 @@ LORA_EXPORTS = ("merged", "base", "adapter")
 
 def export_model(config_path: Path, weights: Path, out_dir: Path, lora: str = "merged",
                  extra_files: tuple[Path, ...] = ()) -> list[Path]:
-    """Write a trained model as a model directory that loads without this package. A model with
-    LoRA adapters is written `merged` (adapters folded into the weights), as its `base` (adapters
-    dropped) or as the `adapter` alone in PEFT's layout; LoRA tensors never go into a base model's
-    weights."""
+    """Write a trained model as a model directory that loads without this package: as
+    `LlamaForCausalLM` (dense) or `Qwen2MoeForCausalLM` (MoE), the architectures that compute it
+    exactly (anything else is refused, naming the mismatch; see `hf_layout`). A model with LoRA
+    adapters is written `merged` (adapters folded into the weights), as its `base` (adapters
+    dropped) or as the `adapter` alone in PEFT's layout; LoRA tensors never go into a base model."""
     from .lora_io import merge_model, without_adapters, write_adapter
 
     if lora not in LORA_EXPORTS:
         raise InputError(f"--lora {lora!r}: one of {', '.join(LORA_EXPORTS)}")
     resolved = read_model_config(config_path)
     model = load_model(config_path, weights)
-    if resolved.model.lora is None:
-        if lora == "adapter":
-            raise InputError(f"{weights}: this model has no LoRA adapters to export")
-        return save_model_dir(model, resolved, out_dir, extra_files=extra_files)
-    if lora == "adapter":
+    if resolved.model.lora is not None and lora == "adapter":
         return write_adapter(model.state_dict(), resolved, Path(out_dir))
-    model, resolved = merge_model(model, resolved) if lora == "merged" else without_adapters(model, resolved)
-    return save_model_dir(model, resolved, out_dir, extra_files=extra_files)
+    if resolved.model.lora is None and lora == "adapter":
+        raise InputError(f"{weights}: this model has no LoRA adapters to export")
+    mismatches = hf_mismatches(resolved.model)
+    if mismatches:
+        raise InputError("no Hugging Face architecture computes this model exactly: " + "; ".join(mismatches)
+                         + ". `build SPEC --weights RUN --out DIR` writes it in minimind-spec's own layout")
+    if resolved.model.lora is not None:
+        model, resolved = merge_model(model, resolved) if lora == "merged" else without_adapters(model, resolved)
+    return save_model_dir(model, resolved, out_dir, extra_files=extra_files, hf_layout=True)
