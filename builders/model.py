@@ -12,7 +12,9 @@ the plain causal-LM loss for convenience, as Hugging Face models do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -133,6 +135,18 @@ class MiniMindForCausalLM(nn.Module):
         self.head_dim = head_dim
         self.max_position_embeddings = max_position_embeddings
         self.tie_weights()
+
+    # How to write this model with its config: set by the engine that compiled it from a spec
+    # (builders know no spec, so the writer comes from outside); see `save_pretrained`.
+    pretrained_writer: Callable[[nn.Module, Path], list[Path]] | None = None
+
+    def save_pretrained(self, directory: str | Path) -> list[Path]:
+        """Write config.json and model.safetensors (tied weights once) into `directory`, each file
+        whole or not at all; `minimind_spec.engine.from_pretrained(directory)` reads it back."""
+        if self.pretrained_writer is None:
+            raise RuntimeError("this model was not compiled from a spec (minimind_spec.engine.compile_model), "
+                               "so nothing records its config")
+        return self.pretrained_writer(self, Path(directory))
 
     def tie_weights(self) -> None:
         """Share `lm_head.weight` with the token embedding when the spec ties them."""

@@ -161,6 +161,8 @@ def test_unwritable_outputs_and_missing_devices_exit_2(tmp_path, command):
     result = run(*args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "error" in result.output
+    assert not (tmp_path / "x").exists()  # a failed build leaves no half-written output directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # and no staging directory either
 
 
 def test_unknown_device_is_rejected_by_the_option():

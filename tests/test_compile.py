@@ -204,3 +204,21 @@ def test_config_versions_load_or_are_refused(tmp_path):
         config_path.write_text(json.dumps(bad))
         with pytest.raises(SpecError):
             load_model_files(tmp_path / "out")
+
+
+def test_save_pretrained_and_from_pretrained_round_trip(tmp_path):
+    from safetensors.torch import load_file
+
+    from minimind_spec.engine import from_pretrained
+
+    resolved = resolve(load_spec(write(tmp_path, TINY)))
+    model = compile_model(resolved, seed=5).eval()
+    written = model.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in written) == ["config.json", "model.safetensors"]
+    keys = set(load_file(str(tmp_path / "saved" / "model.safetensors")))
+    assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys  # tied: stored once
+    again = from_pretrained(tmp_path / "saved").eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+    assert again.lm_head.weight is again.model.embed_tokens.weight  # tied again after loading

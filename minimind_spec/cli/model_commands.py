@@ -93,7 +93,8 @@ def lora_merge(
     Examples: `minimind-spec lora merge runs/lora --out models/merged`,
     `minimind-spec lora merge models/base --adapter runs/lora/sft/final/adapter --out models/merged`.
     """
-    from ..engine.export import load_model, read_model_config, save_model_dir
+    from ..engine.export import load_model, read_model_config
+    from ..engine.writer import save_model_dir
     from ..engine.lora_io import merge_model, with_adapter
     from ..engine.model_dir import find_model
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -85,19 +88,32 @@ def print_build_report(result: BuildResult, source: str) -> None:
 
 def write_build_outputs(result: BuildResult, out: Path, device: str, seed: int, weights: Any = None) -> list[Path]:
     """resolved.json and graph.json always; weights and config.json when the back end is installed.
-    `weights` (an `engine.model_dir.ModelFiles`, already checked to fit) replaces the seeded init."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    resolved_path = out / "resolved.json"
-    resolved_path.write_text(json.dumps(resolved_to_json(result.resolved), indent=2, default=str) + "\n", encoding="utf-8")
-    graph_path = out / "graph.json"
-    graph_path.write_text(json.dumps(graph_to_json(result.graph), indent=2, default=str) + "\n", encoding="utf-8")
-    written += [resolved_path, graph_path]
+    `weights` (an `engine.model_dir.ModelFiles`, already checked to fit) replaces the seeded init.
+    Everything is written into a temporary directory beside `out` first and moved in only when
+    all of it succeeded: an error leaves `out` as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(17, "exists and is not a directory", str(out))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        from ..engine import write_model_files
-    except ImportError as exc:  # the PyTorch back end is optional for the front end
-        err_console.print(f"[yellow]weights not written: {exc}[/yellow]")
-        return written
+        names = ["resolved.json", "graph.json"]
+        (staging / names[0]).write_text(json.dumps(resolved_to_json(result.resolved), indent=2, default=str) + "\n", encoding="utf-8")
+        (staging / names[1]).write_text(json.dumps(graph_to_json(result.graph), indent=2, default=str) + "\n", encoding="utf-8")
+        try:
+            from ..engine import write_model_files
+        except ImportError as exc:  # the PyTorch back end is optional for the front end
+            err_console.print(f"[yellow]weights not written: {exc}[/yellow]")
+        else:
+            extra = weights.tokenizer_files if weights is not None else ()
+            names += [p.name for p in write_model_files(result.resolved, staging, device=device, seed=seed,
+                                                        weights=weights.weights if weights is not None else None,
+                                                        extra_files=extra)]
+        out.mkdir(exist_ok=True)
+        for name in names:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / name for name in names]
     if weights is None:
         written += write_model_files(result.resolved, out, device=device, seed=seed)
     else:

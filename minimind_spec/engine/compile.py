@@ -14,7 +14,9 @@ adapters when the graph has LoRA, else everything.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
+from pathlib import Path
 
 import networkx as nx
 import torch
@@ -30,8 +32,8 @@ from ..graph.ir import (
     RopeAttrs, RouterAttrs,
 )
 from .trainability import set_trainable
+from .writer import INIT_STD, save_model_dir
 
-INIT_STD = 0.02
 CONTAINER_OPS = frozenset({OpType.ATTENTION, OpType.GLU, OpType.MOE_COMBINE})
 WIRED_BY_MODEL = frozenset({OpType.INPUT, OpType.OUTPUT, OpType.ADD, OpType.AUX_LOSS})
 
@@ -203,5 +205,12 @@ def compile_graph(graph: nx.DiGraph, device: torch.device | str = "cpu", dtype: 
 
 def compile_model(resolved: ResolvedSpec, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                   seed: int | None = None, trainable_roles: Iterable[ParamRole] | None = None) -> MiniMindForCausalLM:
-    """The PyTorch model of a resolved spec: `compile_graph(build_graph(resolved), ...)`."""
-    return compile_graph(build_graph(resolved), device, dtype, seed, trainable_roles)
+    """The PyTorch model of a resolved spec: `compile_graph(build_graph(resolved), ...)`; its
+    `save_pretrained(dir)` writes it with this config (`export.save_model_dir`)."""
+    model = compile_graph(build_graph(resolved), device, dtype, seed, trainable_roles)
+    model.pretrained_writer = functools.partial(_write_pretrained, resolved)
+    return model
+
+
+def _write_pretrained(resolved: ResolvedSpec, model: nn.Module, directory: Path) -> list[Path]:
+    return save_model_dir(model, resolved, directory)

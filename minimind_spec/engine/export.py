@@ -1,20 +1,14 @@
-"""Write a compiled model to disk and read it back: `model.safetensors` (seeded initial
-weights, Hugging Face Llama names) and `config.json`.
-
-config.json holds the keys a Hugging Face Llama config has (hidden_size, num_attention_heads,
-rope_theta, rope_scaling, ...) so dense RoPE/RMSNorm/SiLU builds load in transformers as
-`LlamaForCausalLM`; our own fields (MoE, LoRA, norm kind, the whole resolved ModelConfig)
-sit under "minimind_spec", which `load_model_files` uses to rebuild the exact same module
-tree. Weights are safetensors only: nothing here unpickles anything.
+"""Model directories in and out: `write_model_files` (a spec's seeded or trained weights),
+`read_model_config` / `load_weights_into` / `load_model` (rebuild a model from its directory,
+in our layout or the Hugging Face one), `check_weights_fit`, and `export_model` (a trained
+model as the Hugging Face architecture that computes it exactly). The file format itself is
+`writer`'s; weights are safetensors only: nothing here unpickles anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,68 +16,11 @@ import torch
 
 from ..config import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig, value_changes, weight_values
 from ..errors import InputError, Problem, SpecError
-from .compile import INIT_STD, compile_model
-from .hf_layout import QWEN2_MOE, from_hf, hf_architecture, hf_mismatches, in_hf_layout, qwen2_moe_keys, to_hf
+from .compile import compile_model
+from .hf_layout import from_hf, hf_mismatches, in_hf_layout
+from .writer import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, save_model_dir
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-FORMAT_VERSION = 2  # 2: ModelConfig without label_smoothing and static_kv_cache (version 1 files still load)
 REMOVED_IN_VERSION_2 = ("label_smoothing", "static_kv_cache")
-
-
-def _hf_rope(c: ModelConfig) -> tuple[float, dict[str, Any] | None]:
-    """(rope_theta, rope_scaling) in Hugging Face terms. Static NTK has no HF type (their
-    'dynamic' rescales at run time), but it is exactly a larger theta, so it is written so."""
-    rs = c.rope_scaling
-    if rs.kind == "none":
-        return c.rope_theta, None
-    if rs.kind == "ntk":
-        return c.rope_theta * rs.factor ** (c.head_dim / (c.head_dim - 2)), None
-    if rs.kind == "linear":
-        return c.rope_theta, {"rope_type": "linear", "factor": rs.factor}
-    return c.rope_theta, {"rope_type": "yarn", "factor": rs.factor, "beta_fast": rs.beta_fast, "beta_slow": rs.beta_slow,
-                          "original_max_position_embeddings": rs.original_max_position_embeddings,
-                          "attention_factor": rs.attention_factor}
-
-
-def model_config_dict(resolved: ResolvedSpec, hf_layout: bool = False) -> dict[str, Any]:
-    """The config.json contents for `resolved`: Llama's keys for a dense model Llama computes
-    exactly; with `hf_layout` (the weights written by `hf_layout.to_hf`), Qwen2-MoE's for MoE."""
-    c = resolved.model
-    architecture = hf_architecture(c)
-    llama_compatible = architecture == "llama"
-    theta, scaling = _hf_rope(c)
-    config: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM" if llama_compatible else "MiniMindForCausalLM"],
-        "model_type": "llama" if llama_compatible else "minimind",
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.d_model,
-        "intermediate_size": c.mlp_hidden,
-        "num_hidden_layers": c.n_layers,
-        "num_attention_heads": c.n_heads,
-        "num_key_value_heads": c.n_kv_heads,
-        "head_dim": c.head_dim,
-        "hidden_act": {"SiLU": "silu", "GELU": "gelu", "ReLU": "relu"}[c.activation],
-        "max_position_embeddings": c.max_position_embeddings,
-        "rms_norm_eps": c.norm_eps,
-        "rope_theta": theta,
-        "rope_scaling": scaling,
-        "tie_word_embeddings": c.tie_word_embeddings,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "attention_dropout": c.dropout,
-        "initializer_range": INIT_STD,
-        "torch_dtype": "float32",
-        "minimind_spec": {
-            "format_version": FORMAT_VERSION,
-            "name": resolved.name,
-            "variant": resolved.variant,
-            "model": dataclasses.asdict(c),
-        },
-    }
-    if hf_layout and architecture == QWEN2_MOE:
-        config |= qwen2_moe_keys(c)
-    return config
 
 
 def _require_device(device: str) -> None:
@@ -119,43 +56,6 @@ def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu"
     if weights is not None and torch.device(device).type != "meta":
         load_weights_into(model, weights)
     return save_model_dir(model, resolved, out_dir, seed=None if weights is not None else seed, extra_files=extra_files)
-
-
-def save_model_dir(model: torch.nn.Module, resolved: ResolvedSpec, out_dir: Path, seed: int | None = None,
-                   extra_files: tuple[Path, ...] = (), hf_layout: bool = False) -> list[Path]:
-    """Write `model` (built from `resolved`) as a model directory: config.json, model.safetensors
-    (a tied lm_head once; none on the meta device) and `extra_files`. Every file is written into
-    a temporary directory inside `out_dir` and then renamed into place, weights first and
-    config.json last, so no file is ever half-written and an error before the renames leaves
-    the directory as it was (a crash between renames can leave new weights beside an old config)."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    on_meta = next(model.parameters()).device.type == "meta"
-    config = model_config_dict(resolved, hf_layout)
-    config["minimind_spec"]["seed"] = seed
-    config["minimind_spec"]["weights"] = None if on_meta else WEIGHTS_FILE
-    staging = Path(tempfile.mkdtemp(prefix=".writing.", dir=out_dir))
-    try:
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        names = [CONFIG_FILE]
-        if not on_meta:
-            state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-            if resolved.model.tie_word_embeddings:
-                state.pop("lm_head.weight")  # shared with model.embed_tokens.weight
-            if hf_layout:
-                state = to_hf(state, resolved.model)
-            save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "name": resolved.name})
-            names.append(WEIGHTS_FILE)
-        for extra in extra_files:
-            shutil.copy(extra, staging / extra.name)
-            names.append(extra.name)
-        for name in [*names[1:], names[0]]:  # config.json last: it names the weights beside it
-            os.replace(staging / name, out_dir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return [out_dir / name for name in names]
 
 
 def _model_config(data: dict[str, Any], version: int, source: Path) -> ModelConfig:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import InputError
 from .data.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
 from .data.tokenizer import TOKENIZER_FILE
-from .export import CONFIG_FILE, WEIGHTS_FILE
+from .writer import CONFIG_FILE, WEIGHTS_FILE
 
 STAGES_NEWEST_FIRST = ("dpo", "distill", "sft", "pretrain")
 CHECKPOINT_STATE = "state.json"  # what marks a checkpoint directory (see train/checkpoint.py)
@@ -96,3 +96,12 @@ def find_model(path: Path) -> ModelFiles:
             return found
     raise InputError(f"{path}: no trained model here (looked for {CONFIG_FILE} + {WEIGHTS_FILE} in it and in final/, "
                      "a checkpoint, and each stage's final/ or latest checkpoint)")
+
+
+def from_pretrained(path: Path, device: str = "cpu"):  # noqa: ANN201 - a MiniMindForCausalLM
+    """The model at `path` (a directory `save_pretrained` or `export` wrote, a run, a stage or a
+    checkpoint), rebuilt from its config with its weights."""
+    from .export import load_model
+
+    files = find_model(path)
+    return load_model(files.config, files.weights, device=device)

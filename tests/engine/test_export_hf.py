@@ -58,7 +58,8 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path, patch, variant
         for param in ours.parameters():
             param.normal_(0, 0.2)
     ours_dir2 = tmp_path / "ours2"
-    from minimind_spec.engine.export import read_model_config, save_model_dir
+    from minimind_spec.engine.export import read_model_config
+    from minimind_spec.engine.writer import save_model_dir
 
     save_model_dir(ours, read_model_config(ours_dir / "config.json"), ours_dir2)
     assert CliRunner().invoke(app, ["export", str(ours_dir2), "--out", str(tmp_path / "hf2")]).exit_code == 0

@@ -25,15 +25,16 @@ from ...errors import InputError
 from ...graph import ParamRole, build_graph
 from ...plan import StagePlan, TrainingPlan
 from ..compile import compile_graph
+from ..data.packing import sample_layout
 from ..data.token_cache import build_token_cache
 from ..data.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
 from ..data.tokenizer import TOKENIZER_FILE, load_tokenizer
-from ..export import CONFIG_FILE as MODEL_CONFIG_FILE
-from ..data.packing import sample_layout
-from ..export import load_model, load_weights_into, model_config_dict, read_model_config
+from ..export import load_model, load_weights_into, read_model_config
 from ..lora_io import write_adapter
 from ..model_dir import find_model
 from ..trainability import set_trainable
+from ..writer import CONFIG_FILE as MODEL_CONFIG_FILE
+from ..writer import model_config_dict
 from . import distributed
 from .checkpoint import CheckpointError, latest_checkpoint, write_json_atomic
 from .loop import LoopConfig, StageResult, run_stage
