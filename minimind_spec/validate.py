@@ -172,6 +172,7 @@ class TypeCheck:
     spec: Spec | None  # the validated spec, None when any problem was found
     problems: tuple[Problem, ...]  # schema and pydantic problems, each once
     stand_in: Spec | None  # `spec`, or the document with its broken fields set aside (None if even that fails)
+    placeholders: tuple[str, ...] = ()  # JSON Pointers the stand-in filled in (missing or broken required fields)
 
 
 def check_types(data: dict[str, Any]) -> TypeCheck:
@@ -181,7 +182,8 @@ def check_types(data: dict[str, Any]) -> TypeCheck:
     problems += [p for p in schema_problems(data) if not covered(p.path, seen)]
     if spec is not None and not problems:
         return TypeCheck(spec, (), spec)
-    return TypeCheck(None, tuple(problems), _without_bad_fields(data))
+    stand_in, placeholders = _without_bad_fields(data)
+    return TypeCheck(None, tuple(problems), stand_in, placeholders)
 
 
 def spec_with_origin(data: dict[str, Any], origin: SpecOrigin) -> Spec:
@@ -189,31 +191,50 @@ def spec_with_origin(data: dict[str, Any], origin: SpecOrigin) -> Spec:
     return Spec.model_validate_json(json.dumps(data), strict=True, context={"origin": origin})
 
 
-def _without_bad_fields(data: dict[str, Any]) -> Spec | None:
-    """The spec with every failing field dropped (a closed choice set to its first option),
-    if that leaves a valid spec; else None. Used only to run the cross-field rules."""
+def _placeholder(annotation: Any) -> Any:
+    """A value of the field's type that triggers no rule by itself: the first option of a closed
+    choice, 1 for numbers, an empty list or object, "placeholder" for text."""
+    annotation = _unwrap(annotation)
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return typing.get_args(annotation)[0]
+    if origin in (list, tuple):
+        return []
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {}
+    return {bool: False, int: 1, float: 1.0, str: "placeholder"}.get(annotation, None)  # type: ignore[call-overload]
+
+
+def _without_bad_fields(data: dict[str, Any]) -> tuple[Spec | None, tuple[str, ...]]:
+    """A stand-in spec for the cross-field rules: the document with every failing field dropped
+    (a closed choice set to its first option) and every missing or dropped required field given
+    a placeholder. Returns it (None if that still fails) and the JSON Pointers of the
+    placeholders: rule findings about those fields would be artefacts, the caller leaves them out."""
     doc = copy.deepcopy(data)
-    try:
-        Spec.model_validate_json(json.dumps(doc), strict=True)
-        return None
-    except ValidationError as exc:
-        errors = sorted(exc.errors(include_url=False), key=lambda e: -len(e["loc"]))
-    for error in errors:
-        path, annotation, _ = _walk(tuple(error["loc"]))
-        parts = [part.replace("~1", "/").replace("~0", "~") for part in path.split("/")[1:]]
-        parent: Any = doc
-        for part in parts[:-1]:
-            parent = parent.get(part) if isinstance(parent, dict) else (
-                parent[int(part)] if isinstance(parent, list) and part.isdigit() and int(part) < len(parent) else None)
-        if not isinstance(parent, dict) or not parts:
-            return None
-        options = typing.get_args(_unwrap(annotation)) if typing.get_origin(_unwrap(annotation)) is Literal else ()
-        if error["type"] == "literal_error" and options:
-            parent[parts[-1]] = options[0]
-        else:
-            parent.pop(parts[-1], None)
-    spec, problems = model_problems(doc)
-    return spec if not problems else None
+    filled: list[str] = []
+    for _ in range(6):  # a placeholder object may reveal missing keys of its own
+        try:
+            return Spec.model_validate_json(json.dumps(doc), strict=True), tuple(filled)
+        except ValidationError as exc:
+            errors = sorted(exc.errors(include_url=False), key=lambda e: -len(e["loc"]))
+        for error in errors:
+            path, annotation, _ = _walk(tuple(error["loc"]))
+            parts = [part.replace("~1", "/").replace("~0", "~") for part in path.split("/")[1:]]
+            parent: Any = doc
+            for part in parts[:-1]:
+                parent = parent.get(part) if isinstance(parent, dict) else (
+                    parent[int(part)] if isinstance(parent, list) and part.isdigit() and int(part) < len(parent) else None)
+            if not isinstance(parent, dict) or not parts:
+                return None, ()
+            options = typing.get_args(_unwrap(annotation)) if typing.get_origin(_unwrap(annotation)) is Literal else ()
+            if error["type"] == "literal_error" and options:
+                parent[parts[-1]] = options[0]
+            elif error["type"] == "missing":
+                parent[parts[-1]] = _placeholder(annotation)
+                filled.append(path)
+            else:
+                parent.pop(parts[-1], None)  # a required field dropped here comes back as missing next round
+    return None, ()
 
 
 def covered(path: str, seen: set[str]) -> bool:

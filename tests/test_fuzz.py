@@ -1,13 +1,17 @@
 """Property test: any mutation of the shipped spec is either accepted, and then every variant
 builds (graph checks pass, the model compiles on the meta device with the graph's parameter
 count), or rejected with a SpecError whose every problem is located at a field the mutation
-touched (at, above or below it) or names that field in its message (a cross-field rule)."""
+touched (at, above or below it) or names that field in its message (a cross-field rule); and
+`build` on the same file fails with exactly the problems `validate` reported (they agree)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import re
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -18,10 +22,13 @@ from minimind_spec.engine import compile_graph
 from minimind_spec.errors import pointer
 from minimind_spec.graph import check_declared, check_graph, graph_costs
 from minimind_spec.loader import LoadedDocument, validate_document
+from minimind_spec.pipeline import build
 
 from .conftest import SPEC, card_data
 
 BASE = card_data()
+WORKDIR = Path(tempfile.mkdtemp(prefix="fuzz-"))  # beside a copy of the teacher spec, as the card is
+shutil.copy(SPEC.parent / "larger_model.json", WORKDIR / "larger_model.json")
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**12) | st.floats(allow_nan=False, allow_infinity=False)
@@ -101,6 +108,14 @@ def test_accepted_mutations_build_and_rejected_ones_say_why(mutation):
         for problem in error.problems:
             assert problem.path.startswith("/") and problem.message, problem
             assert related(problem.path, problem.message, touched), (str(problem), touched)
+        path = WORKDIR / "minimind.json"
+        path.write_text(json.dumps(doc))
+        try:
+            build(path)
+        except SpecError as built:
+            assert [str(p) for p in built.problems] == [str(p) for p in error.problems]  # validate and build agree
+        else:
+            raise AssertionError("validate rejected a spec that build accepted")
         return
     for variant in [None, *dict.fromkeys(spec.backbone.variants)]:
         resolved = resolve(spec, variant)

@@ -275,3 +275,24 @@ def test_top1_routing_with_renormalised_weights_is_refused_and_derived_off_by_de
     resolved = resolve(load_spec(write_spec(moe={"num_experts": 4, "top_k": 1})), "MoE")
     assert resolved.model.moe.norm_topk_prob is False
     assert resolved.provenance["model.moe.norm_topk_prob"].startswith("derived: top_k 1")
+
+
+def test_missing_and_mistyped_required_fields_do_not_hide_the_cross_field_rules(write_spec):
+    spec = copy.deepcopy(TINY)
+    del spec["task"]  # missing
+    spec["hyperparams"] = {**spec["hyperparams"], "n_layers": "2", "n_heads": 6}  # mistyped; 64 % 6 != 0
+    spec["moe"] = {"num_experts": 2, "top_k": 3}
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(spec))
+    found = info.value.problems
+    assert paths(found) == {"/task", "/hyperparams/n_layers", "/hyperparams/n_heads", "/moe/top_k"}
+    assert any("not divisible by n_heads 6" in p.message for p in found)
+
+
+def test_a_rule_about_a_missing_field_is_not_invented(write_spec):
+    spec = copy.deepcopy(TINY)
+    del spec["hyperparams"]["d_model"]  # n_heads cannot be checked against it
+    spec["hyperparams"]["n_heads"] = 6
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(spec))
+    assert [p.path for p in info.value.problems] == ["/hyperparams/d_model"]
