@@ -228,3 +228,24 @@ def test_explain_never_cuts_a_field_name(columns):
     assert len(names) > 50
     for name in names:
         assert name in done.stdout, name
+
+
+def test_build_refuses_weights_that_cannot_fit_and_meta_stays_unlimited(tmp_path):
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({"extends": str(SPEC), "hyperparams": {"d_model": 65536, "n_heads": 64, "n_layers": 64}}))
+    refused = run("build", huge, "--out", tmp_path / "out")
+    assert refused.exit_code == 2 and "GiB (fp32) but cpu has" in refused.output and "GiB free" in refused.output
+    assert not (tmp_path / "out").exists()
+    assert run("build", huge, "--out", tmp_path / "meta", "--device", "meta").exit_code == 0
+
+
+def test_render_says_what_is_missing_or_too_large(tmp_path, monkeypatch):
+    import minimind_spec.cli.render_commands as render_commands
+    import minimind_spec.render.html as html
+
+    monkeypatch.setattr(html, "find_mermaid_js", lambda: None)
+    page = run("render", SPEC, "--format", "html", "-o", tmp_path / "page.html")
+    assert page.exit_code == 0 and "mermaid.js was not found" in page.output and "npm ci" in page.output
+    monkeypatch.setattr(render_commands, "LARGE_DRAWING_BYTES", 1000)
+    big = run("render", SPEC, "--expand", "-o", tmp_path / "big.mmd")
+    assert big.exit_code == 0 and "MiB" in big.output and "drop --expand" in big.output

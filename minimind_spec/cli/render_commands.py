@@ -16,6 +16,7 @@ from .app import app, console, err_console, guarded, print_json, spec_errors
 from .options import AsJson, SpecPath, Variant
 
 MERMAID_MAX_EDGES = 500  # mermaid's default `maxEdges`; GitHub renders with the defaults
+LARGE_DRAWING_BYTES = 5 * 2**20  # above this a drawing is said to be too large, with its size
 
 
 @app.command("render")
@@ -36,6 +37,17 @@ def render_command(
     if fmt in ("mermaid", "md") and text.count("-->") + text.count("==>") + text.count("-.->") > MERMAID_MAX_EDGES:
         err_console.print(f"[yellow]warning[/yellow] more than {MERMAID_MAX_EDGES} edges: mermaid's default limit (GitHub's too) "
                           "refuses this diagram; drop --expand, or use --format html, which raises the limit", markup=True)
+    if fmt == "html":
+        from ..render.html import find_mermaid_js
+
+        if find_mermaid_js() is None:
+            err_console.print("[yellow]warning[/yellow] mermaid.js was not found, so the page shows the diagram's source "
+                              "only: run `npm ci` in the repository (or set MINIMIND_MERMAID_JS=path/to/mermaid.min.js) "
+                              "and render again", markup=True)
+    if len(text) > LARGE_DRAWING_BYTES:
+        err_console.print(f"[yellow]warning[/yellow] this drawing is {len(text) / 2**20:,.1f} MiB ({graph.number_of_nodes():,} "
+                          "nodes): too large for most viewers" + ("; drop --expand to draw repeated layers once" if expand else ""),
+                          markup=True)
     if output is None:
         console.file.write(text)
     else:

@@ -33,6 +33,35 @@ def _require_device(device: str) -> None:
                                 "use --device cpu, or meta to write the config only"))
 
 
+def free_memory(device: str) -> int | None:
+    """Bytes that can still be allocated on `device` (None where it cannot be told)."""
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    if kind == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def _require_memory(resolved: ResolvedSpec, device: str) -> None:
+    """Refuse to materialise weights that cannot fit: the fp32 weights (the build allocates and
+    writes them at full precision) against the device's free memory, both numbers in the error."""
+    if device.split(":")[0] == "meta":
+        return
+    from ..graph import build_graph, graph_costs
+
+    needed = 4 * graph_costs(build_graph(resolved), resolved.model).total_params
+    free = free_memory(device)
+    if free is not None and needed > free:
+        raise SpecError(Problem("", f"the weights need {needed / 2**30:,.1f} GiB (fp32) but {device} has "
+                                    f"{free / 2**30:,.1f} GiB free", "build with --device meta (no weights), or a smaller spec"))
+
+
 def check_weights_fit(resolved: ResolvedSpec, config_path: Path) -> None:
     """Refuse weights trained for another model: the resolved model in `config_path` (beside the
     weights) must equal `resolved.model`, value by value (compute-only settings, dtype and the
@@ -52,6 +81,7 @@ def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu"
     written: on the meta device there are no weights to save, so the list holds config.json
     only (callers say so to the user)."""
     _require_device(device)
+    _require_memory(resolved, device)
     model = compile_model(resolved, device=device, seed=seed)
     if weights is not None and torch.device(device).type != "meta":
         load_weights_into(model, weights)
