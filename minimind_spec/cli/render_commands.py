@@ -51,7 +51,9 @@ def render_command(
     if output is None:
         console.file.write(text)
     else:
-        output.write_text(text, encoding="utf-8")
+        staging = output.with_name(f".{output.name}.tmp")
+        staging.write_text(text, encoding="utf-8")
+        staging.replace(output)  # whole or not at all
         err_console.print(f"wrote {output} ({fmt}, {'expanded' if expand else 'collapsed'})")
 
 

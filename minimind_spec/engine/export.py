@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from ..config import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig, value_changes, weight_values
 from ..errors import InputError, Problem, SpecError
 from .compile import compile_model
+from .data.tokenizer import TOKENIZER_FILE, load_tokenizer
 from .hf_layout import from_hf, hf_mismatches, in_hf_layout
 from .writer import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, save_model_dir
 
@@ -164,6 +166,7 @@ def load_model_files(out_dir: Path, device: str = "cpu") -> torch.nn.Module:
 
 
 LORA_EXPORTS = ("merged", "base", "adapter")
+GENERATION_CONFIG = "generation_config.json"
 
 
 def export_model(config_path: Path, weights: Path, out_dir: Path, lora: str = "merged",
@@ -189,4 +192,12 @@ def export_model(config_path: Path, weights: Path, out_dir: Path, lora: str = "m
                          + ". `build SPEC --weights RUN --out DIR` writes it in minimind-spec's own layout")
     if resolved.model.lora is not None:
         model, resolved = merge_model(model, resolved) if lora == "merged" else without_adapters(model, resolved)
-    return save_model_dir(model, resolved, out_dir, extra_files=extra_files, hf_layout=True)
+    tokenizer_dir = next((f.parent for f in extra_files if f.name == TOKENIZER_FILE), None)
+    with tempfile.TemporaryDirectory() as scratch:
+        if tokenizer_dir is not None:  # the ids generate() stops and pads with, for transformers' generate too
+            tokenizer = load_tokenizer(tokenizer_dir)
+            generation = Path(scratch) / GENERATION_CONFIG
+            generation.write_text(json.dumps({"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+                                              "pad_token_id": tokenizer.pad_id}, indent=2) + "\n")
+            extra_files = (*extra_files, generation)
+        return save_model_dir(model, resolved, out_dir, extra_files=extra_files, hf_layout=True)

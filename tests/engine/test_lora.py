@@ -111,6 +111,9 @@ def test_export_never_leaks_adapters_into_a_base_model(trained, lora_run, tmp_pa
         hf, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / mode, output_loading_info=True)
         assert not info["unexpected_keys"] and not info["missing_keys"], info  # no lora tensors, nothing left out
         assert torch.allclose(_logits(hf), _logits(expected), atol=1e-5), mode
+    generation = json.loads((tmp_path / "merged" / "generation_config.json").read_text())
+    assert generation == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}  # the run's tokenizer's ids
+    assert (tmp_path / "merged" / "tokenizer.json").is_file()
     adapter = CliRunner().invoke(app, ["export", str(lora_run), "--lora", "adapter", "--out", str(tmp_path / "adapter")])
     assert adapter.exit_code == 0 and (tmp_path / "adapter" / "adapter_config.json").is_file(), adapter.output
     bad = CliRunner().invoke(app, ["export", str(trained), "--lora", "adapter", "--out", str(tmp_path / "none")])
