@@ -264,6 +264,9 @@ def override_problems(cli: TrainingOverrides) -> list[Problem]:
         value = getattr(cli, field)
         if value is None:
             continue
+        if not math.isfinite(value):
+            problems.append(Problem("", f"{flag} {value}: must be a finite number"))
+            continue
         if value < low or (value == low and not inclusive) or (high is not None and value >= high):
             allowed = (f"at least {low}" if inclusive else f"above {low}") + (f" and below {high}" if high is not None else "")
             problems.append(Problem("", f"{flag} {value}: must be {allowed}"))

@@ -173,6 +173,7 @@ class TypeCheck:
     problems: tuple[Problem, ...]  # schema and pydantic problems, each once
     stand_in: Spec | None  # `spec`, or the document with its broken fields set aside (None if even that fails)
     placeholders: tuple[str, ...] = ()  # JSON Pointers the stand-in filled in (missing or broken required fields)
+    stand_in_high: Spec | None = None  # the same stand-in with its numeric placeholders at their largest allowed values
 
 
 def check_types(data: dict[str, Any]) -> TypeCheck:
@@ -183,7 +184,8 @@ def check_types(data: dict[str, Any]) -> TypeCheck:
     if spec is not None and not problems:
         return TypeCheck(spec, (), spec)
     stand_in, placeholders = _without_bad_fields(data)
-    return TypeCheck(None, tuple(problems), stand_in, placeholders)
+    high, _ = _without_bad_fields(data, high=True) if placeholders else (None, ())
+    return TypeCheck(None, tuple(problems), stand_in, placeholders, high)
 
 
 def spec_with_origin(data: dict[str, Any], origin: SpecOrigin) -> Spec:
@@ -191,9 +193,10 @@ def spec_with_origin(data: dict[str, Any], origin: SpecOrigin) -> Spec:
     return Spec.model_validate_json(json.dumps(data), strict=True, context={"origin": origin})
 
 
-def _placeholder(annotation: Any) -> Any:
-    """A value of the field's type that triggers no rule by itself: the first option of a closed
-    choice, 1 for numbers, an empty list or object, "placeholder" for text."""
+def _placeholder(annotation: Any, high: bool = False, bounds: list[Any] | None = None) -> Any:
+    """A value of the field's type: the first option of a closed choice, an empty list or object,
+    "placeholder" for text, and for numbers 1 or, with `high`, the largest the field allows
+    (10**6 when unbounded). Rule findings that change between the two are about the placeholder."""
     annotation = _unwrap(annotation)
     origin = typing.get_origin(annotation)
     if origin is Literal:
@@ -202,10 +205,15 @@ def _placeholder(annotation: Any) -> Any:
         return []
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return {}
+    if annotation in (int, float) and high:
+        top = next((getattr(b, "le", None) for b in bounds or [] if getattr(b, "le", None) is not None), None)
+        top = top if top is not None else next((getattr(b, "lt", None) - 1 for b in bounds or []
+                                                if getattr(b, "lt", None) is not None), 10**6)
+        return annotation(top)
     return {bool: False, int: 1, float: 1.0, str: "placeholder"}.get(annotation, None)  # type: ignore[call-overload]
 
 
-def _without_bad_fields(data: dict[str, Any]) -> tuple[Spec | None, tuple[str, ...]]:
+def _without_bad_fields(data: dict[str, Any], high: bool = False) -> tuple[Spec | None, tuple[str, ...]]:
     """A stand-in spec for the cross-field rules: the document with every failing field dropped
     (a closed choice set to its first option) and every missing or dropped required field given
     a placeholder. Returns it (None if that still fails) and the JSON Pointers of the
@@ -230,7 +238,10 @@ def _without_bad_fields(data: dict[str, Any]) -> tuple[Spec | None, tuple[str, .
             if error["type"] == "literal_error" and options:
                 parent[parts[-1]] = options[0]
             elif error["type"] == "missing":
-                parent[parts[-1]] = _placeholder(annotation)
+                model = _walk(tuple(error["loc"][:-1]))[1] if len(error["loc"]) > 1 else Spec
+                info = getattr(_unwrap(model), "model_fields", {}).get(str(error["loc"][-1])) if isinstance(
+                    _unwrap(model), type) else None
+                parent[parts[-1]] = _placeholder(annotation, high, list(info.metadata) if info is not None else None)
                 filled.append(path)
             else:
                 parent.pop(parts[-1], None)  # a required field dropped here comes back as missing next round

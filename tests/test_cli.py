@@ -234,7 +234,7 @@ def test_build_refuses_weights_that_cannot_fit_and_meta_stays_unlimited(tmp_path
     huge = tmp_path / "huge.json"
     huge.write_text(json.dumps({"extends": str(SPEC), "hyperparams": {"d_model": 65536, "n_heads": 64, "n_layers": 64}}))
     refused = run("build", huge, "--out", tmp_path / "out")
-    assert refused.exit_code == 2 and "GiB (fp32) but cpu has" in refused.output and "GiB free" in refused.output
+    assert refused.exit_code == 2 and "GiB (fp32, twice) but cpu has" in refused.output and "GiB free" in refused.output
     assert not (tmp_path / "out").exists()
     assert run("build", huge, "--out", tmp_path / "meta", "--device", "meta").exit_code == 0
 

@@ -222,3 +222,13 @@ def test_save_pretrained_and_from_pretrained_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(again(ids).logits, model(ids).logits)
     assert again.lm_head.weight is again.model.embed_tokens.weight  # tied again after loading
+
+
+def test_save_pretrained_refuses_merged_adapters(tmp_path):
+    from builders import merge_lora
+
+    spec = {**TINY, "techniques": {"lora": {"enabled": True, "rank": 4, "placements": ["q_proj"]}}}
+    model = compile_model(resolve(load_spec(write(tmp_path, spec))), seed=0)
+    merge_lora(model)
+    with pytest.raises(ValueError, match="apply them twice"):
+        model.save_pretrained(tmp_path / "merged")

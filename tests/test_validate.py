@@ -296,3 +296,17 @@ def test_a_rule_about_a_missing_field_is_not_invented(write_spec):
     with pytest.raises(SpecError) as info:
         load_spec(write_spec(spec))
     assert [p.path for p in info.value.problems] == ["/hyperparams/d_model"]
+
+
+def test_placeholders_neither_invent_nor_hide_rule_findings(write_spec):
+    # the card distils; without n_layers its placeholder must not make "layer 3 does not exist" appear
+    spec = {"extends": str(ROOT / "spec" / "minimind.json"), "hyperparams": {"n_layers": None},
+            "techniques": {"distill": {"layers": [3]}}}
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(spec))
+    assert [p.path for p in info.value.problems] == ["/hyperparams/n_layers"]
+    spec = copy.deepcopy(TINY)  # a missing "to" must not hide another merge point's self-loop
+    spec["concat_merge_points"] = [{"from": "attention_output", "op": "add"}, {"from": "mlp_input", "to": "mlp_input", "op": "add"}]
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(spec))
+    assert [p.path for p in info.value.problems] == ["/concat_merge_points/0/to", "/concat_merge_points/1/to"]

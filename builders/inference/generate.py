@@ -52,7 +52,6 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: floa
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
 def check_generation_arguments(input_ids: torch.Tensor, vocab_size: int, *, max_new_tokens: int, temperature: float,
                                top_k: int, top_p: float, repetition_penalty: float) -> None:
     """ValueError for the first argument outside its range (ids must lie in [0, vocab_size))."""
@@ -74,6 +73,7 @@ def check_generation_arguments(input_ids: torch.Tensor, vocab_size: int, *, max_
         raise ValueError(f"input_ids must lie in [0, {vocab_size}) (the vocabulary); got token id {bad}")
 
 
+@torch.inference_mode()
 def generate(
     model: CausalLM, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,

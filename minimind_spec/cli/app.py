@@ -24,8 +24,9 @@ def _flags_without_a_type(option: TyperOption, ctx: click.Context) -> str | None
     return None if option.is_flag else _typed_display(option, ctx)
 
 
-_typed_display = TyperOption.display_type_rich
-TyperOption.display_type_rich = _flags_without_a_type  # type: ignore[method-assign]
+_typed_display = getattr(TyperOption, "display_type_rich", None)
+if _typed_display is not None:  # typer versions that show a type column for flags
+    TyperOption.display_type_rich = _flags_without_a_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="minimind-spec",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -45,6 +45,9 @@ def export_command(
                                       "run's tokenizer into.", show_default=False)],
     lora: Annotated[str, typer.Option("--lora", help="For a model with LoRA adapters: merged (folded into the weights), "
                                       "base (adapters dropped) or adapter (the adapters alone, in PEFT's layout).")] = "merged",
+    layout: Annotated[Literal["hf", "minimind"], typer.Option("--format", help="hf: the Hugging Face architecture that "
+                                                               "computes the model exactly (Llama, Qwen2-MoE); minimind: "
+                                                               "this package's own layout, for any spec.")] = "hf",
 ) -> None:
     """Write a trained model as a model directory that loads anywhere.
 
@@ -64,7 +67,7 @@ def export_command(
     from ..engine.model_dir import find_model
 
     found = find_model(source)
-    written = export_model(found.config, found.weights, out, lora, extra_files=found.tokenizer_files)
+    written = export_model(found.config, found.weights, out, lora, extra_files=found.tokenizer_files, layout=layout)
     console.print(f"exported {found.weights}")
     for path in written:
         console.print(f"wrote {path}")

@@ -44,8 +44,9 @@ def render_command(
             err_console.print("[yellow]warning[/yellow] mermaid.js was not found, so the page shows the diagram's source "
                               "only: run `npm ci` in the repository (or set MINIMIND_MERMAID_JS=path/to/mermaid.min.js) "
                               "and render again", markup=True)
-    if len(text) > LARGE_DRAWING_BYTES:
-        err_console.print(f"[yellow]warning[/yellow] this drawing is {len(text) / 2**20:,.1f} MiB ({graph.number_of_nodes():,} "
+    drawing = len(text) if fmt != "html" else len(render(graph, "mermaid", expand))  # the page's inlined mermaid.js aside
+    if drawing > LARGE_DRAWING_BYTES:
+        err_console.print(f"[yellow]warning[/yellow] this drawing is {drawing / 2**20:,.1f} MiB ({graph.number_of_nodes():,} "
                           "nodes): too large for most viewers" + ("; drop --expand to draw repeated layers once" if expand else ""),
                           markup=True)
     if output is None:

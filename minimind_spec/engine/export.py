@@ -57,10 +57,11 @@ def _require_memory(resolved: ResolvedSpec, device: str) -> None:
         return
     from ..graph import build_graph, graph_costs
 
-    needed = 4 * graph_costs(build_graph(resolved), resolved.model).total_params
+    # the fp32 weights, plus about one more copy while safetensors serialises them (or while loaded weights are copied in)
+    needed = 2 * 4 * graph_costs(build_graph(resolved), resolved.model).total_params
     free = free_memory(device)
     if free is not None and needed > free:
-        raise SpecError(Problem("", f"the weights need {needed / 2**30:,.1f} GiB (fp32) but {device} has "
+        raise SpecError(Problem("", f"writing the weights needs about {needed / 2**30:,.1f} GiB (fp32, twice) but {device} has "
                                     f"{free / 2**30:,.1f} GiB free", "build with --device meta (no weights), or a smaller spec"))
 
 
@@ -170,10 +171,11 @@ GENERATION_CONFIG = "generation_config.json"
 
 
 def export_model(config_path: Path, weights: Path, out_dir: Path, lora: str = "merged",
-                 extra_files: tuple[Path, ...] = ()) -> list[Path]:
+                 extra_files: tuple[Path, ...] = (), layout: str = "hf") -> list[Path]:
     """Write a trained model as a model directory that loads without this package: as
     `LlamaForCausalLM` (dense) or `Qwen2MoeForCausalLM` (MoE), the architectures that compute it
-    exactly (anything else is refused, naming the mismatch; see `hf_layout`). A model with LoRA
+    exactly (anything else is refused, naming the mismatch; see `hf_layout`), or with `layout`
+    "minimind" in this package's own layout, which any spec has. A model with LoRA
     adapters is written `merged` (adapters folded into the weights), as its `base` (adapters
     dropped) or as the `adapter` alone in PEFT's layout; LoRA tensors never go into a base model."""
     from .lora_io import merge_model, without_adapters, write_adapter
@@ -187,9 +189,9 @@ def export_model(config_path: Path, weights: Path, out_dir: Path, lora: str = "m
     if resolved.model.lora is None and lora == "adapter":
         raise InputError(f"{weights}: this model has no LoRA adapters to export")
     mismatches = hf_mismatches(resolved.model)
-    if mismatches:
+    if layout == "hf" and mismatches:
         raise InputError("no Hugging Face architecture computes this model exactly: " + "; ".join(mismatches)
-                         + ". `build SPEC --weights RUN --out DIR` writes it in minimind-spec's own layout")
+                         + ". `--format minimind` writes it in minimind-spec's own layout")
     if resolved.model.lora is not None:
         model, resolved = merge_model(model, resolved) if lora == "merged" else without_adapters(model, resolved)
     tokenizer_dir = next((f.parent for f in extra_files if f.name == TOKENIZER_FILE), None)
@@ -200,4 +202,4 @@ def export_model(config_path: Path, weights: Path, out_dir: Path, lora: str = "m
             generation.write_text(json.dumps({"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
                                               "pad_token_id": tokenizer.pad_id}, indent=2) + "\n")
             extra_files = (*extra_files, generation)
-        return save_model_dir(model, resolved, out_dir, extra_files=extra_files, hf_layout=True)
+        return save_model_dir(model, resolved, out_dir, extra_files=extra_files, hf_layout=layout == "hf")

@@ -3,10 +3,10 @@
 - Dense RoPE / RMSNorm / SiLU models are `LlamaForCausalLM`: our parameter names are Llama's,
   so the weights need no change.
 - MoE models of that family are `Qwen2MoeForCausalLM`, whose routing is ours exactly (softmax
-  over the router logits, top-k, optional renormalisation): each layer's experts are fused
-  into `experts.gate_up_proj` (E, 2I, D) and `experts.down_proj` (E, D, I); Qwen2-MoE's one
-  shared expert is sigmoid-gated, so our shared experts are concatenated into it with its gate
-  at sigmoid(0) = 1/2 and the down projection doubled (zeros when there is none).
+  over the router logits, top-k, optional renormalisation). Its checkpoints name each routed
+  expert as we do (`mlp.experts.{e}.gate_proj.weight`, ...); its one shared expert is
+  sigmoid-gated, so our shared experts are concatenated into it with its gate at sigmoid(0) =
+  1/2 and the down projection doubled (zeros when there is none).
 - Anything else (LayerNorm, absolute positions, GELU/ReLU, ...) has no exact equivalent:
   `hf_architecture` says which setting is the mismatch, and no HF-named model is written.
 `to_hf` and `from_hf` convert state dicts both ways, so a model directory in the HF layout
@@ -55,17 +55,15 @@ def qwen2_moe_keys(c: ModelConfig) -> dict[str, Any]:
 
 
 def to_hf(state: dict[str, torch.Tensor], c: ModelConfig) -> dict[str, torch.Tensor]:
-    """Our state dict in the layout of `hf_architecture(c)`."""
+    """Our state dict in the checkpoint layout of `hf_architecture(c)`. Routed experts already
+    carry Qwen2-MoE's checkpoint names (`mlp.experts.{e}.gate_proj.weight`, ...); the shared
+    experts become its one gated shared expert."""
     if c.moe is None:
         return dict(state)
-    out = {k: v for k, v in state.items() if ".mlp." not in k}
-    E, S, hidden = c.moe.num_experts, c.moe.num_shared_experts, c.moe.expert_hidden
+    out = {k: v for k, v in state.items() if ".shared_experts." not in k}
+    S, hidden = c.moe.num_shared_experts, c.moe.expert_hidden
     for i in range(c.n_layers):
         p = f"model.layers.{i}.mlp"
-        out[f"{p}.gate.weight"] = state[f"{p}.gate.weight"]
-        out[f"{p}.experts.gate_up_proj"] = torch.stack([torch.cat([state[f"{p}.experts.{e}.gate_proj.weight"],
-                                                                    state[f"{p}.experts.{e}.up_proj.weight"]]) for e in range(E)])
-        out[f"{p}.experts.down_proj"] = torch.stack([state[f"{p}.experts.{e}.down_proj.weight"] for e in range(E)])
         if S:
             out[f"{p}.shared_expert.gate_proj.weight"] = torch.cat([state[f"{p}.shared_experts.{s}.gate_proj.weight"] for s in range(S)])
             out[f"{p}.shared_expert.up_proj.weight"] = torch.cat([state[f"{p}.shared_experts.{s}.up_proj.weight"] for s in range(S)])
@@ -80,17 +78,27 @@ def to_hf(state: dict[str, torch.Tensor], c: ModelConfig) -> dict[str, torch.Ten
 
 
 def from_hf(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
-    """The inverse of `to_hf`, for a model whose state dict has the keys `expected` (the number
-    of experts, their width and the shared experts are read off the tensors and the keys)."""
-    out = {k: v for k, v in state.items() if ".mlp." not in k or not k.split(".mlp.")[1].startswith(("experts.", "shared_expert"))}
+    """The inverse of `to_hf`, for a model whose state dict has the keys `expected`; also reads
+    the fused expert tensors (`experts.gate_up_proj`, `experts.down_proj`) transformers 5 keeps
+    in memory. A shared-expert gate other than zero (trained elsewhere) has no equivalent here:
+    refused, never silently halved."""
+    out = {k: v for k, v in state.items()
+           if not k.endswith((".experts.gate_up_proj", ".experts.down_proj", ".shared_expert_gate.weight"))
+           and ".mlp.shared_expert." not in k}
     for key in [k for k in state if k.endswith(".mlp.experts.gate_up_proj")]:
         p = key[: -len(".experts.gate_up_proj")]
         gate_up, down = state[key], state[f"{p}.experts.down_proj"]  # (E, 2I, D), (E, D, I)
-        hidden = gate_up.shape[1] // 2
         for e in range(gate_up.shape[0]):
-            out[f"{p}.experts.{e}.gate_proj.weight"], out[f"{p}.experts.{e}.up_proj.weight"] = gate_up[e].split(hidden)
+            out[f"{p}.experts.{e}.gate_proj.weight"], out[f"{p}.experts.{e}.up_proj.weight"] = gate_up[e].split(gate_up.shape[1] // 2)
             out[f"{p}.experts.{e}.down_proj.weight"] = down[e]
+    for key in [k for k in state if k.endswith(".mlp.shared_expert_gate.weight")]:
+        p = key[: -len(".shared_expert_gate.weight")]
+        if bool(state[key].any()):
+            raise InputError(f"{key} is not zero: a learned shared-expert gate has no equivalent in minimind-spec's MoE")
         shared = sorted({int(k[len(p) + 16:].split(".")[0]) for k in expected if k.startswith(f"{p}.shared_experts.")})
+        if not shared:
+            continue
+        hidden = state[f"{p}.shared_expert.gate_proj.weight"].shape[0] // len(shared)
         for s in shared:
             rows = slice(s * hidden, (s + 1) * hidden)
             out[f"{p}.shared_experts.{s}.gate_proj.weight"] = state[f"{p}.shared_expert.gate_proj.weight"][rows]
@@ -100,4 +108,5 @@ def from_hf(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, tor
 
 
 def in_hf_layout(state: dict[str, torch.Tensor]) -> bool:
-    return any(k.endswith(".experts.gate_up_proj") for k in state)
+    """Whether a state dict is a Qwen2-MoE checkpoint (its gated shared expert, or fused experts)."""
+    return any(k.endswith((".mlp.shared_expert_gate.weight", ".experts.gate_up_proj")) for k in state)

@@ -94,6 +94,9 @@ def save_model_dir(model: torch.nn.Module, resolved: ResolvedSpec, out_dir: Path
     the directory as it was (a crash between renames can leave new weights beside an old config)."""
     from safetensors.torch import save_file
 
+    if any(getattr(module, "merged", False) for module in model.modules()):
+        raise ValueError("the model's LoRA adapters are merged into its weights (merge_lora): saving both would apply them "
+                         "twice; unmerge_lora(model) first, or write the dense model (`minimind-spec lora merge`)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     on_meta = next(model.parameters()).device.type == "meta"

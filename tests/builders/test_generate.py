@@ -117,3 +117,9 @@ def test_arguments_out_of_range_are_named(tiny, kwargs, message):
     with pytest.raises(ValueError) as error:
         model.generate(prompt, max_new_tokens=2, **kwargs)
     assert message in str(error.value)
+
+
+def test_generation_builds_no_autograd_graph(tiny):
+    model = compile_model(tiny({}), seed=0)
+    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3)
+    assert not out.requires_grad and out.is_inference()  # decoding runs under inference mode

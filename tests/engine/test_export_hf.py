@@ -82,4 +82,26 @@ def test_no_exact_equivalent_is_refused_naming_the_difference(tmp_path, patch, m
     ours_dir = _build(tmp_path, patch, None)
     refused = CliRunner().invoke(app, ["export", str(ours_dir), "--out", str(tmp_path / "hf")])
     assert refused.exit_code == 2 and mismatch in refused.output and "Traceback" not in refused.output
-    assert not (tmp_path / "hf" / "model.safetensors").exists()
+    assert "--format minimind" in refused.output and not (tmp_path / "hf" / "model.safetensors").exists()
+    own = CliRunner().invoke(app, ["export", str(ours_dir), "--format", "minimind", "--out", str(tmp_path / "own")])
+    assert own.exit_code == 0, own.output  # this package's own layout takes any spec
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(load_model_files(tmp_path / "own").eval()(ids).logits, load_model_files(ours_dir).eval()(ids).logits)
+
+
+def test_a_checkpoint_transformers_saved_loads_back_and_a_learned_gate_is_refused(tmp_path):
+    from minimind_spec.engine.hf_layout import from_hf
+
+    ours_dir = _build(tmp_path, CASES["moe-top2-shared"][0], "MoE")
+    assert CliRunner().invoke(app, ["export", str(ours_dir), "--out", str(tmp_path / "hf")]).exit_code == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    hf.save_pretrained(tmp_path / "resaved")  # transformers' own checkpoint layout
+    ids = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(load_model_files(tmp_path / "resaved").eval()(ids).logits, hf.eval()(ids).logits, atol=1e-5)
+    state = {k: v.clone() for k, v in hf.state_dict().items()}
+    gate = next(k for k in state if k.endswith("shared_expert_gate.weight"))
+    state[gate][0, 0] = 0.5
+    with pytest.raises(ValueError, match="learned shared-expert gate"):
+        from_hf(state, set(load_model_files(ours_dir).state_dict()))
