@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from ..diff import diff_specs, format_text, to_json
+from ..files import write_text_atomic
 from ..graph import build_graph
 from ..loader import load_spec
 from ..render import render
@@ -52,9 +53,7 @@ def render_command(
     if output is None:
         console.file.write(text)
     else:
-        staging = output.with_name(f".{output.name}.tmp")
-        staging.write_text(text, encoding="utf-8")
-        staging.replace(output)  # whole or not at all
+        write_text_atomic(output, text)
         err_console.print(f"wrote {output} ({fmt}, {'expanded' if expand else 'collapsed'})")
 
 

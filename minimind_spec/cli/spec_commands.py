@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import Problem, SpecError
+from ..files import write_text_atomic
 from .app import app, console, guarded, print_json, print_problems
 from .options import AsJson, SpecPath, Variant
 
@@ -100,9 +101,7 @@ def schema(
         console.print(f"[green]up to date[/green] {out}")
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    staging.replace(out)  # whole or not at all
+    write_text_atomic(out, text)
     console.print(f"wrote {out}")
 
 

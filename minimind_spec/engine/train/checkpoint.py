@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ...errors import InputError
+from ...files import write_text_atomic
 from ..export import load_weights_into
 
 CHECKPOINT_DIR = "checkpoints"
@@ -67,10 +68,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as JSON to a temporary file beside `path`, fsync it, then rename it over `path`."""
-    staging = path.with_name(f".{path.name}.tmp")
-    _write_json(staging, data)
-    os.replace(staging, path)
+    """Write `data` as JSON over `path`, whole or not at all."""
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
