@@ -2,7 +2,7 @@
 PY ?= python3
 PIP = $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: install install-test demo test schema
+.PHONY: install install-test demo test schema ablate-quick ablate
 
 install:
 	$(PIP) -e .
@@ -22,3 +22,11 @@ test: install-test
 
 schema: install
 	$(PY) -m minimind_spec schema
+
+ablate-quick:  # the card's six ablations, one seed (~12 min on 2 CPU cores): out/ablations/report.md
+	$(PIP) -e ".[plots]"
+	$(PY) -m minimind_spec ablate spec/minimind.json spec/ablations/*.json --quick --out out/ablations
+
+ablate:  # the full study, three seeds: out/ablations_full/report.md
+	$(PIP) -e ".[plots]"
+	$(PY) -m minimind_spec ablate spec/minimind.json spec/ablations/*.json --out out/ablations_full

@@ -149,7 +149,8 @@ from minimind_spec.cli import app
 runner = CliRunner()
 for args in (["validate", {str(SPEC)!r}], ["explain", {str(SPEC)!r}], ["render", {str(SPEC)!r}, "--variant", "MoE"],
              ["diff", {str(SPEC)!r}, {str(ablation)!r}], ["build", {str(SPEC)!r}], ["schema", "--out", {str(tmp_path / "s.json")!r}],
-             ["train", {str(SPEC)!r}, "--plan"], ["train", {str(SPEC)!r}, "--plan", "--json"]):
+             ["train", {str(SPEC)!r}, "--plan"], ["train", {str(SPEC)!r}, "--plan", "--json"],
+             ["ablate", {str(SPEC)!r}, {str(ablation)!r}, "--dry-run", "--out", {str(tmp_path / "study")!r}]):
     result = runner.invoke(app, args)
     assert result.exit_code in (0, 1), (args, result.output)
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "safetensors", "builders") or m.startswith("minimind_spec.engine"))

@@ -11,7 +11,10 @@ Files (in OUT_DIR):
 - `sft.jsonl`       {"conversations"}: problems with worked answers;
 - `pairs.jsonl`     {"chosen", "rejected"}: the worked answer against a subtly wrong one
                     (the same first step, the final answer off by one);
-- `eval.jsonl`      held-out problems {"prompt", "answer"}, and `eval_pairs.jsonl` held-out pairs.
+- `eval.jsonl`      held-out problems {"prompt", "answer"}, and `eval_pairs.jsonl` held-out pairs;
+- with `--general N`: N general-text documents (the same world, no arithmetic) mixed into
+  `pretrain.jsonl`, and `heldout_text.jsonl` {"text", "domain"}: held-out stories and general
+  text, for the ablation study's long-context, mixed-domain and general-text losses.
 
 Usage: python examples/reasoning/make_data.py OUT_DIR [--seed 0]
 """
@@ -56,6 +59,24 @@ def story(rng: random.Random, a: int, b: int, c: int) -> str:
     ])
 
 
+PLACES = ["river", "market", "school", "garden", "harbour", "library", "bakery", "hill", "forest", "station"]
+THINGS = ["a red box", "a blue bag", "an old tin", "a wooden chest", "a paper bag", "a glass jar"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+def general_text(rng: random.Random) -> str:
+    """A few sentences about the world of the problems, with no arithmetic in them."""
+    name, other = rng.sample(NAMES, 2)
+    place, second = rng.sample(PLACES, 2)
+    sentences = [
+        f"{name} lives near the {place}.", f"On {rng.choice(DAYS)} {name} walks to the {second} with {other}.",
+        f"{name} keeps the {rng.choice(ITEMS)} in {rng.choice(THINGS)}.", f"{other} likes the {place} best.",
+        f"The {second} is quiet in the morning and busy after lunch.", f"{other} asks {name} about the {rng.choice(ITEMS)}.",
+        f"They sit by the {place} and talk until it is dark.", f"{name} says the {second} is far, but {other} does not mind.",
+    ]
+    return " ".join(rng.sample(sentences, rng.randint(3, 6)))
+
+
 def conversation(question: str, reasoning: str, answer: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": question},
             {"role": "assistant", "content": answer, "reasoning_content": reasoning}]
@@ -79,14 +100,25 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=3000)
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--held-out", type=int, default=200)
+    parser.add_argument("--general", type=int, default=0, help="general-text documents mixed into pretraining "
+                        "(and held-out text written)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     every = triples()
     rng.shuffle(every)
     held_out, seen = every[:60], every[60:]  # held-out problems use triples never trained on
     args.out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(args.out / "pretrain.jsonl", [{"text": " ".join(story(rng, *rng.choice(every)) for _ in range(rng.randint(2, 5)))}
-                                              for _ in range(args.stories)])
+    documents = [{"text": " ".join(story(rng, *rng.choice(every)) for _ in range(rng.randint(2, 5)))}
+                 for _ in range(args.stories)]
+    if args.general:
+        general = random.Random(args.seed + 1)  # its own stream: the other files stay as they are without --general
+        documents += [{"text": general_text(general)} for _ in range(args.general)]
+        general.shuffle(documents)
+        write_jsonl(args.out / "heldout_text.jsonl",
+                    [{"text": " ".join(story(general, *general.choice(every)) for _ in range(general.randint(2, 5))),
+                      "domain": "story"} for _ in range(args.held_out)]
+                    + [{"text": general_text(general), "domain": "general"} for _ in range(args.held_out)])
+    write_jsonl(args.out / "pretrain.jsonl", documents)
     sft, pairs = [], []
     for _ in range(args.problems):
         sft.append({"conversations": conversation(*problem(rng, *rng.choice(seen)))})

@@ -8,6 +8,7 @@ from . import render_commands  # noqa: F401  (render, diff)
 from . import train_commands  # noqa: F401  (train)
 from . import data_commands  # noqa: F401  (tokenizer train)
 from . import model_commands  # noqa: F401  (generate, export, lora merge)
+from . import study_commands  # noqa: F401  (ablate)
 
 
 def main() -> None:

@@ -141,6 +141,16 @@ def load_weights_into(model: torch.nn.Module, weights: Path, fresh_adapters: boo
             raise InputError(f"{weights} holds trained LoRA adapters ({live[0]}, ...) that this model has no place for: "
                              "`minimind-spec lora merge` folds them into the base first")
         state = {k: v for k, v in state.items() if k not in extra}
+    own = model.state_dict()
+    reshaped = {k[:-len(".B")] for k in state if k.endswith(".lora.B") and k in own and state[k].shape != own[k].shape}
+    if reshaped:  # adapters of another rank: kept fresh when untrained (B = 0, they change nothing), refused when trained
+        live = sorted(k for k in reshaped if bool(state[k + ".B"].any()))
+        if live:
+            raise InputError(f"{weights} holds trained LoRA adapters of another rank ({live[0]}: "
+                             f"{tuple(state[live[0] + '.B'].shape)} here {tuple(own[live[0] + '.B'].shape)}): "
+                             "`minimind-spec lora merge` folds them into the base first")
+        state = {k: v for k, v in state.items() if k[:-len(".A")] not in reshaped or not k.endswith((".lora.A", ".lora.B"))}
+        fresh_adapters = True
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that do not fit

@@ -118,3 +118,40 @@ def test_export_never_leaks_adapters_into_a_base_model(trained, lora_run, tmp_pa
     assert adapter.exit_code == 0 and (tmp_path / "adapter" / "adapter_config.json").is_file(), adapter.output
     bad = CliRunner().invoke(app, ["export", str(trained), "--lora", "adapter", "--out", str(tmp_path / "none")])
     assert bad.exit_code == 2 and "no LoRA adapters" in bad.output
+
+
+def test_untrained_adapters_of_another_rank_start_fresh_and_trained_ones_are_refused(tmp_path) -> None:  # noqa: ANN001
+    """A base trained with rank-8 adapters in place (B = 0) starts a rank-4 run: the base weights
+    load, the rank-4 adapters keep their initial values; trained rank-8 adapters are refused."""
+    import copy as _copy
+    import json as _json
+
+    from safetensors.torch import save_file
+
+    from minimind_spec.engine.compile import compile_model
+    from minimind_spec.engine.export import load_weights_into
+    from minimind_spec.errors import InputError
+    from minimind_spec.loader import load_spec
+    from minimind_spec.resolve import resolve
+
+    from ..conftest import TINY
+
+    models = {}
+    for rank in (8, 4):
+        spec = _copy.deepcopy(TINY)
+        spec["techniques"] = {"lora": {"enabled": True, "rank": rank, "alpha": 16, "placements": ["q_proj", "v_proj"]}}
+        path = tmp_path / f"r{rank}.json"
+        path.write_text(_json.dumps(spec))
+        models[rank] = compile_model(resolve(load_spec(path)), seed=rank)
+    source = {k: v.contiguous() for k, v in models[8].state_dict().items() if k != "lm_head.weight"}
+    save_file(source, str(tmp_path / "r8.safetensors"))
+    fresh = {k: v.clone() for k, v in models[4].state_dict().items() if ".lora." in k}
+    load_weights_into(models[4], tmp_path / "r8.safetensors")
+    loaded = models[4].state_dict()
+    assert all(torch.equal(loaded[k], source[k]) for k in source if ".lora." not in k)
+    assert all(torch.equal(loaded[k], v) for k, v in fresh.items())
+    trained = next(k for k in source if k.endswith(".lora.B"))
+    source[trained] = torch.ones_like(source[trained])
+    save_file(source, str(tmp_path / "r8_trained.safetensors"))
+    with pytest.raises(InputError, match="trained LoRA adapters of another rank"):
+        load_weights_into(models[4], tmp_path / "r8_trained.safetensors")
