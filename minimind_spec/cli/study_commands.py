@@ -60,8 +60,12 @@ def ablate_command(
     from ..engine.study.study import run_study
 
     say = err_console.print if as_json else console.print
-    result = run_study(base, ablations, task, budget.name, out, device=device, jobs=jobs, say=lambda m: say(m, markup=False),
-                       budget_override=budget)
+    try:
+        result = run_study(base, ablations, task, budget.name, out, device=device, jobs=jobs,
+                           say=lambda m: say(m, markup=False), budget_override=budget)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: the run in flight saved a checkpoint; the same command resumes the study")
+        raise typer.Exit(130) from None
     if as_json:
         print_json(result)
         return
@@ -81,7 +85,7 @@ def _print_design(base: Path, ablations: list[Path], task, budget, out: Path) ->
     console.print(f"budget {budget.name}: seeds {list(budget.seeds)}, steps {budget.steps}", markup=False)
     for a in designed:
         console.print(f"{a.name} ({a.family.name}; vs {'base@' + a.variant if a.variant else 'base'}): "
-                      f"trains {', '.join(a.stages)}, measured after {a.family.measured_after}", markup=False)
+                      f"trains {', '.join(a.stages)}, measured after {a.measured_after}", markup=False)
         for claim in a.claims:
             console.print(f"  - {claim.text}: `{claim.metric}` expected {'higher' if claim.expected > 0 else 'lower'}",
                           markup=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ from ..loader import load_document, load_spec, merge_patch
 from ..plan import PlanInputs, build_plan
 from ..resolve import resolve
 from .task import STAGES, Task
+
+
+NAME = re.compile(r"[A-Za-z0-9_.-]+")  # an ablation's name names its spec file and run directories
+RESERVED = ("base", "teacher")
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,8 @@ def claims_for(family: str, base: ResolvedSpec, ablation: ResolvedSpec) -> tuple
     """The card's claims for this kind of change, pointed the way this ablation changes it."""
     if family == "lora":
         old, new = (base.model.lora.rank if base.model.lora else 0), (ablation.model.lora.rank if ablation.model.lora else 0)
+        if old == new:
+            return ()  # alpha, dropout or placements: the card's claims are about the rank
         down = -1 if new < old else 1
         return (Claim(f"{'fewer' if down < 0 else 'more'} trainable parameters", "trainable_share", down),
                 Claim(f"{'a drop' if down < 0 else 'a gain'} in adaptation quality: held-out answer loss after the LoRA stage",
@@ -95,6 +102,8 @@ def claims_for(family: str, base: ResolvedSpec, ablation: ResolvedSpec) -> tuple
                 Claim(f"{'a drop' if down < 0 else 'a gain'} in adaptation quality: held-out exact match", "exact_match", down),
                 Claim(f"{'faster' if down < 0 else 'slower'} training (seconds per optimizer step)", "step_seconds", down))
     if family == "norm":
+        if base.model.norm == ablation.model.norm:
+            return ()  # norm_eps only
         layer = 1 if ablation.model.norm == "LayerNorm" else -1
         return (Claim("instability: loss spikes during pretraining", "loss_spikes", layer),
                 Claim("instability: variance of the gradient norm over the second half", "grad_norm_variance", layer),
@@ -102,24 +111,34 @@ def claims_for(family: str, base: ResolvedSpec, ablation: ResolvedSpec) -> tuple
                 Claim("more memory for the norm statistics (bytes saved for backward by the norm layers, per token)",
                       "norm_saved_bytes_per_token", layer))
     if family == "positional":
+        if base.model.positional_encoding == ablation.model.positional_encoding:
+            return ()  # RoPE settings: the card's claims are about absolute positions
         absolute = 1 if ablation.model.positional_encoding == "Absolute" else -1
         return (Claim("worse extrapolation: held-out loss at positions seq_len..2 x seq_len", "loss_2x", absolute),
                 Claim("worse extrapolation: held-out loss at positions 2..4 x seq_len", "loss_4x", absolute))
     if family == "moe":
+        aux = [m.moe.aux_loss if m.moe is not None else None for m in (base.model, ablation.model)]
+        if aux[0] == aux[1]:
+            return ()
         off = 1 if ablation.model.moe is not None and not ablation.model.moe.aux_loss else -1
         return (Claim("imbalanced expert usage: per-layer expert-load CV on held-out text", "expert_load_cv", off),
                 Claim("degraded performance on diverse inputs: held-out loss on the mixed-domain set (arithmetic stories and general text)", "mixed_loss", off))
     if family == "distill":
         assert base.training is not None and ablation.training is not None
+        if base.training.distill.reasoning_token_masking == ablation.training.distill.reasoning_token_masking:
+            return ()
         off = 1 if not ablation.training.distill.reasoning_token_masking else -1
         return (Claim("overfitting to general text", "general_loss", -off,
-                      "read as: the student fits general text better (lower held-out general-text loss) at the cost of "
-                      "its reasoning"),
+                      "read as: the student keeps more of the general text (lower held-out general-text loss) at the "
+                      "cost of its reasoning; the distillation data hold no general text, so this measures what the "
+                      "student keeps of it from pretraining"),
                 Claim("reduced chain-of-thought coherence: arithmetically correct steps in the <think> span",
                       "think_step_accuracy", -off),
                 Claim("reduced chain-of-thought coherence: held-out exact match of the final answer", "exact_match", -off))
     if family == "dpo":
         assert base.training is not None and ablation.training is not None
+        if base.training.dpo.beta == ablation.training.dpo.beta:
+            return ()
         up = 1 if ablation.training.dpo.beta > base.training.dpo.beta else -1
         return (Claim("stronger preference alignment: held-out preference accuracy", "preference_accuracy", up),
                 Claim("stronger preference alignment: held-out log-ratio margin (chosen minus rejected, against the "
@@ -147,10 +166,14 @@ class Ablation:
     paper: tuple[str, ...]  # `diff` at the card's dimensions: parameter, FLOP and memory deltas
 
     @property
+    def measured_after(self) -> str:
+        """The family's stage, or the first stage the ablation changes when that comes later."""
+        return max(self.family.measured_after, self.first_stage, key=STAGES.index)
+
+    @property
     def stages(self) -> tuple[str, ...]:
         """The stages this ablation trains itself (the earlier ones are the base's)."""
-        start, end = STAGES.index(self.first_stage), STAGES.index(self.family.measured_after)
-        return STAGES[start:end + 1] if start <= end else (self.first_stage,)
+        return STAGES[STAGES.index(self.first_stage):STAGES.index(self.measured_after) + 1]
 
 
 def _leaves(value: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -228,6 +251,9 @@ def design_study(base: Path, ablations: list[Path], task: Task, out: Path) -> li
         if spec.ablation is None:
             raise InputError(f"{path} has no \"ablation\" block (name and expected_effect): it is not an ablation spec")
         name = spec.ablation.name
+        if not NAME.fullmatch(name) or name in RESERVED or name.startswith("base@"):
+            raise InputError(f"{path}: ablation name {name!r}: letters, digits, '.', '_' and '-' only, and not "
+                             f"{', '.join(RESERVED)} or base@VARIANT (the study's own arms)")
         if name in names:
             raise InputError(f"two ablation specs are named {name!r}")
         names.add(name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from .task import STAGES, Budget, Task
 DATA_FLAG = {"pretrain": ("--pretrain-data", "pretrain.jsonl"), "sft": ("--sft-data", "sft.jsonl"),
              "distill": ("--distill-data", "sft.jsonl"), "dpo": ("--dpo-data", "pairs.jsonl")}
 DONE_FILE = "done.json"
+STAMP_FILE = "made_by.json"  # in OUT/data: the task command that made the data
 DATA_FILES = ("pretrain.jsonl", "sft.jsonl", "pairs.jsonl", "eval.jsonl", "eval_pairs.jsonl", "heldout_text.jsonl")
 
 
@@ -100,10 +102,17 @@ class StudyRuns:
 def make_data(task: Task, out: Path) -> tuple[Path, str]:
     """The task's data in OUT/data (made once) and a digest of its files."""
     data = out / "data"
-    if not all((data / name).is_file() for name in DATA_FILES):
+    stamp = json.dumps({"command": list(task.data_command), "task": str(task.directory)})
+    made_by = (data / STAMP_FILE).read_text() if (data / STAMP_FILE).is_file() else stamp  # unstamped: an earlier version's
+    if data_digest(data) is None or made_by != stamp:
+        shutil.rmtree(data, ignore_errors=True)  # made by other task settings: made again
         script, *arguments = task.data_command
-        subprocess.run([sys.executable, str(task.directory / script), str(data), "--seed", "0", *arguments], check=True,
-                       stdout=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, str(task.directory / script), str(data), "--seed", "0", *arguments],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.splitlines()[-10:])
+            raise InputError(f"the task's data script {task.directory / script} failed (exit {done.returncode}):\n{tail}")
+    (data / STAMP_FILE).write_text(stamp)
     digest = data_digest(data)
     if digest is None:
         missing = [name for name in DATA_FILES if not (data / name).is_file()]
@@ -131,7 +140,7 @@ def plan_runs(ablations: list[Ablation], budget: Budget, teacher_spec: Path, out
     starting from the base's weights where it diverges."""
     runs: dict[tuple[str, str, int], StageRun] = {}
     teacher = None
-    if any("distill" in STAGES[:STAGES.index(a.family.measured_after) + 1] for a in ablations):
+    if any("distill" in STAGES[:STAGES.index(a.measured_after) + 1] for a in ablations):
         first = budget.seeds[0]
         for stage in ("pretrain", "sft"):
             teacher = StageRun("teacher", teacher_spec, None, stage, first, budget.teacher_steps[stage], data_digest,
@@ -146,7 +155,7 @@ def plan_runs(ablations: list[Ablation], budget: Budget, teacher_spec: Path, out
     for seed in budget.seeds:
         bases: dict[str, tuple[Ablation, int]] = {}
         for ablation in ablations:  # how far each base arm must train
-            last = max(STAGES.index(ablation.family.measured_after), STAGES.index(ablation.first_stage) - 1)
+            last = max(STAGES.index(ablation.measured_after), STAGES.index(ablation.first_stage) - 1)
             arm = base_arm(ablation)
             bases[arm] = (ablation, max(last, bases[arm][1]) if arm in bases else last)
         for arm, (ablation, last) in bases.items():
@@ -163,6 +172,14 @@ def plan_runs(ablations: list[Ablation], budget: Budget, teacher_spec: Path, out
                                     init=previous, teacher=teacher if stage == "distill" else None, root=out)
                 runs[(ablation.name, stage, seed)] = previous
     return StudyRuns(runs)
+
+
+def finished(run: StageRun) -> bool:
+    """The stage wrote its final model after its last step (an interrupted run exits 0 without one)."""
+    if not (run.final / "model.safetensors").is_file() or not run.metrics.is_file():
+        return False
+    lines = [line for line in run.metrics.read_text().splitlines() if line.strip()]
+    return bool(lines) and json.loads(lines[-1]).get("step") == run.steps
 
 
 def train_command(run: StageRun, data: Path, tokenizer: Path, device: str) -> list[str]:
@@ -216,6 +233,10 @@ def execute(study: StudyRuns, data: Path, tokenizer: Path, device: str, jobs: in
         if code != 0:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             raise InputError(f"{run.label} failed (exit {code}); its log {log} ends:\n{tail}")
+        if stopping.is_set() or not finished(run):  # interrupted: it saved a checkpoint, the next invocation resumes it
+            with lock:
+                report(run, "interrupted (resumes next time)")
+            return
         seconds = time.perf_counter() - started
         (run.directory / DONE_FILE).write_text(json.dumps({"seconds": seconds, "command": command[2:]}, indent=2) + "\n")
         with lock:

@@ -73,4 +73,6 @@ def test_dry_run_shows_the_design(tmp_path: Path) -> None:
                                       "--dry-run", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "lora_rank4 (lora; vs base): trains sft, measured after sft" in result.output
-    assert not (tmp_path / "runs").exists()
+    # per seed of the full budget (0, 1): base pretrain and sft, layernorm's pretrain, lora_rank4's sft
+    assert ("8 training runs, 0 done: base pretrain s0, base sft s0, layernorm pretrain s0, lora_rank4 sft s0, "
+            "base pretrain s1") in result.output

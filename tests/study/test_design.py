@@ -96,3 +96,46 @@ def test_runs_share_the_base_prefix_and_are_keyed_by_what_decides_them(designed:
     full = plan_runs(ablations, task.budget("full"), task.teacher_spec, out, "data0")
     assert full.get("base", "pretrain", 0).key != runs.get("base", "pretrain", 0).key
     assert full.get("base", "pretrain", 1).key != full.get("base", "pretrain", 0).key
+
+
+def _ablation(tmp_path: Path, name: str, patch: dict) -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"extends": str(BASE), "ablation": {"name": name, "expected_effect": "something"}, **patch}))
+    return path
+
+
+def test_no_claims_when_the_value_the_claims_are_about_does_not_change(tmp_path: Path) -> None:
+    paths = [_ablation(tmp_path, "alpha", {"techniques": {"lora": {"alpha": 64}}}),
+             _ablation(tmp_path, "dpo_hinge", {"techniques": {"dpo": {"loss": "hinge"}}})]
+    designed = {a.name: a for a in design_study(BASE, paths, load_task(TASK), tmp_path / "out")}
+    assert designed["alpha"].family.name == "lora" and designed["alpha"].claims == ()
+    assert designed["dpo_hinge"].family.name == "dpo" and designed["dpo_hinge"].claims == ()
+
+
+def test_an_ablation_is_measured_no_earlier_than_the_first_stage_it_changes(tmp_path: Path) -> None:
+    path = _ablation(tmp_path, "epochs", {"techniques": {"sft": {"epochs": 1}}})
+    (ablation,) = design_study(BASE, [path], load_task(TASK), tmp_path / "out")
+    assert ablation.family.name == "other" and ablation.first_stage == "sft"
+    assert ablation.measured_after == "sft" and ablation.stages == ("sft",)
+
+
+@pytest.mark.parametrize("name", ["base", "teacher", "base@MoE", "../escape", "a b"])
+def test_names_that_would_collide_with_the_study_or_leave_its_directory_are_refused(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "named.json"
+    path.write_text(json.dumps({"extends": str(BASE), "ablation": {"name": name, "expected_effect": "x"}}))
+    with pytest.raises(InputError, match="ablation name"):
+        design_study(BASE, [path], load_task(TASK), tmp_path / "out")
+
+
+def test_a_run_is_finished_only_when_its_last_step_and_final_model_are_written(designed: dict, tmp_path: Path) -> None:
+    from minimind_spec.study.runs import StageRun, finished
+
+    run = StageRun("base", designed["layernorm"].base_spec, None, "pretrain", 0, 5, "d", root=tmp_path)
+    run.metrics.parent.mkdir(parents=True)
+    run.metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 4)))
+    assert not finished(run)  # interrupted at step 3 of 5: a checkpoint, no final model
+    run.final.mkdir(parents=True)
+    (run.final / "model.safetensors").write_bytes(b"")
+    assert not finished(run)  # still step 3
+    run.metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6)))
+    assert finished(run)

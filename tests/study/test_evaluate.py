@@ -48,6 +48,7 @@ def test_training_curve_metrics(tmp_path: Path) -> None:
     losses[25] = 2.5  # one spike: over 1.1 x the median of the 20 before
     rows = [{"step": i + 1, "loss": loss, "tokens": 100 * (i + 1), "tokens_per_s": 50.0 if i % 2 else 100.0,
              "grad_norm": float(i % 3)} for i, loss in enumerate(losses)]
+    rows.insert(10, {"step": 10, "eval_loss": 2.0})  # an evaluation row: no loss, no gradient norm
     rows[-1]["warnings"] = ["diverging", "collapsing"]
     file = tmp_path / "metrics.jsonl"
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -66,11 +67,18 @@ def _held(documents: list[list[int]], pairs=(), pad_id: int = 0) -> HeldOut:  # 
 def test_positions_a_model_lacks_are_reported_as_such(tmp_path: Path) -> None:
     model = tiny_model(tmp_path, positional_encoding="Absolute")  # TINY: seq_len 32, 32 positions
     rng = np.random.default_rng(0)
-    held = _held([rng.integers(2, 128, 40).tolist() for _ in range(10)])
-    losses, curve = position_losses(model, held, seq_len=16)  # windows of min(4 x 16, 32) tokens
-    assert losses["loss_1x"] is not None and losses["loss_2x"] is not None
+    documents = [rng.integers(2, 128, 40).tolist() for _ in range(10)]
+    losses, curve = position_losses(model, _held(documents), seq_len=16)  # windows of min(4 x 16, 32) tokens
     assert losses["loss_4x"] is None  # positions 32..63 do not exist in the table
     assert all(value is None for end, value in curve if end > 32)
+    # by hand: the stream of the 10 documents in 12 windows of 32; position p predicts token p + 1
+    stream = [t for d in documents for t in d]
+    windows = torch.tensor([stream[i:i + 32] for i in range(0, len(stream) - 31, 32)])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(windows).logits.double(), dim=-1)
+    nll = -log_probs[:, :-1].gather(-1, windows[:, 1:, None])[..., 0]  # (12, 31)
+    assert losses["loss_1x"].value == pytest.approx(float(nll[:, :15].mean()), rel=1e-5)  # predictions of tokens 1..15
+    assert losses["loss_2x"].value == pytest.approx(float(nll[:, 15:31].mean()), rel=1e-5)  # tokens 16..31
 
 
 @torch.no_grad()
@@ -106,6 +114,7 @@ def test_preference_metrics_against_hand_computed_log_probs(tmp_path: Path) -> N
         kls.append(np.mean([float((p[t - 1].exp() * (p[t - 1] - q[t - 1])).sum()) for t in range(len(ids)) if labels[t] != -100]))
     assert got["preference_accuracy"].value == pytest.approx(np.mean(wins))
     assert got["logratio_margin"].value == pytest.approx(np.mean(margins), abs=1e-4)
+    assert got["reward_accuracy"].value == pytest.approx(np.mean(np.array(margins) > 0))
     assert got["kl_to_reference"].value == pytest.approx(np.mean(kls), rel=1e-4)
     same = preference(reference, reference, _held([], pairs))
     assert same["logratio_margin"].value == 0 and same["kl_to_reference"].value == pytest.approx(0, abs=1e-7)

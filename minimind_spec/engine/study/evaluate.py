@@ -25,10 +25,12 @@ from builders.techniques import token_log_probs
 from ..data.chatml import encode_conversation, encode_document, render
 from ..data.records import Conversation, Turn, read_records
 from ..data.tokenizer import ChatTokenizer
+from ...errors import InputError
 
 ANSWER = re.compile(r"The answer is (-?\d+)")
 STEP = re.compile(r"(-?\d+) ([+-]) (-?\d+) = (-?\d+)")
 IGNORE = -100
+TEXT_DOMAINS = ("story", "general")  # the pretraining text's domains: the mixed-domain set
 
 
 @dataclass(frozen=True)
@@ -100,13 +102,23 @@ def max_positions(model: nn.Module) -> int:
     return int(getattr(model, "max_position_embeddings"))
 
 
+def text_windows(held: HeldOut, width: int) -> list[list[int]]:
+    """The held-out text domains as one token stream (documents as encoded, each ending in its
+    EOS), cut into windows of `width` tokens: no padding anywhere."""
+    stream = [t for domain in TEXT_DOMAINS for doc in held.documents.get(domain, []) for t in doc]
+    windows = [stream[i:i + width] for i in range(0, len(stream) - width + 1, width)]
+    if not windows:
+        raise InputError(f"the held-out text holds {len(stream)} tokens: not one window of {width} "
+                         "(write more held-out text)")
+    return windows
+
+
 def position_losses(model: nn.Module, held: HeldOut, seq_len: int, buckets: int = 16) -> tuple[dict[str, Value | None], list]:
     """Held-out loss at positions [0, L), [L, 2L), [2L, 4L) of 4 x seq_len windows of the held-out text
     (None where the model has no positions: what it cannot represent), and the curve of loss
     against position in `buckets` bins."""
-    stream = [t for domain in ("story", "general") for doc in held.documents.get(domain, []) for t in (*doc, held.eos_id)]
     width = min(4 * seq_len, max_positions(model))
-    windows = [stream[i:i + width] for i in range(0, len(stream) - width + 1, width)]
+    windows = text_windows(held, width)
     nll = np.stack(_token_nll(model, [(w, w) for w in windows], held.pad_id))  # (windows, width - 1): position p predicts p + 1
     per_window = lambda lo, hi: nll[:, lo:hi].mean(axis=1)  # noqa: E731
     out: dict[str, Value | None] = {}
@@ -116,9 +128,6 @@ def position_losses(model: nn.Module, held: HeldOut, seq_len: int, buckets: int 
     edges = np.linspace(0, 4 * seq_len - 1, buckets + 1).astype(int)
     curve = [(int(hi), float(nll[:, lo:hi].mean()) if hi <= nll.shape[1] else None) for lo, hi in zip(edges[:-1], edges[1:])]
     return out, curve
-
-
-TEXT_DOMAINS = ("story", "general")  # the pretraining text's domains: the mixed-domain set
 
 
 def domain_losses(model: nn.Module, held: HeldOut, seq_len: int) -> dict[str, Value]:
@@ -155,7 +164,7 @@ def score_answer(text: str, answer: int) -> tuple[bool, int, int]:
 
 
 @torch.no_grad()
-def answers(model: nn.Module, held: HeldOut, batch: int = 50, max_new_tokens: int = 48) -> dict[str, Value]:
+def answers(model: nn.Module, held: HeldOut, batch: int = 50, max_new_tokens: int = 48) -> dict[str, Value | None]:
     """Greedy answers to the held-out problems: exact match, and the share of the `a +/- b = c`
     steps of the reasoning that are arithmetically right."""
     right, steps, correct_steps = [], 0, 0
@@ -173,11 +182,8 @@ def answers(model: nn.Module, held: HeldOut, batch: int = 50, max_new_tokens: in
             steps, correct_steps = steps + found_steps, correct_steps + correct
     share = float(np.mean(right))
     out = {"exact_match": Value(share, math.sqrt(share * (1 - share) / len(right)))}
-    if steps:
-        accuracy = correct_steps / steps
-        out["think_step_accuracy"] = Value(accuracy, math.sqrt(accuracy * (1 - accuracy) / steps))
-    else:
-        out["think_step_accuracy"] = Value(0.0, 0.0)
+    accuracy = correct_steps / steps if steps else None  # no steps written: nothing to score
+    out["think_step_accuracy"] = Value(accuracy, math.sqrt(accuracy * (1 - accuracy) / steps)) if accuracy is not None else None
     out["think_steps_per_answer"] = Value(steps / len(right))
     return out
 
@@ -205,25 +211,26 @@ def preference(policy: nn.Module, reference: nn.Module, held: HeldOut, batch: in
         q_log = torch.log_softmax(reference_logits[chosen], dim=-1)[:, :-1]
         kl = (p_log.exp() * (p_log - q_log)).sum(-1)  # (pairs, T - 1)
         response = mask[chosen][:, :-1] if mask.shape[1] > 1 else mask[chosen]
-        kls += [float(k[m].mean()) for k, m in zip(kl, response)]
+        kls += [float(k[m].mean()) for k, m in zip(kl, response) if bool(m.any())]  # a response cut off by seq_len: none
     share = float(np.mean(wins))
+    rewarded = float(np.mean(np.array(margins) > 0))  # DPO's reward accuracy: the log-ratio margin is positive
     return {"preference_accuracy": Value(share, math.sqrt(share * (1 - share) / len(wins))),
+            "reward_accuracy": Value(rewarded, math.sqrt(rewarded * (1 - rewarded) / len(margins))),
             "logratio_margin": _mean(np.array(margins)), "kl_to_reference": _mean(np.array(kls))}
 
 
 @torch.no_grad()
 def expert_load(model: nn.Module, held: HeldOut, seq_len: int) -> tuple[dict[str, Value], list[list[float]]]:
     """Per-layer coefficient of variation of the tokens routed to each expert over the held-out
-    mixed-domain set (mean over layers, its standard error over layers), and each layer's shares."""
+    text (stories and general text, seq_len windows of the stream: no padding is routed), the
+    mean over layers with its standard error over layers, and each layer's shares."""
     totals = None
-    for documents in held.documents.values():
-        for start in range(0, len(documents), 32):
-            rows = [(d[:seq_len], d[:seq_len]) for d in documents[start:start + 32]]
-            ids, _ = _padded(rows, held.pad_id)
-            counts = model(ids).expert_counts  # (MoE layers, E); padding is routed too, the same for both arms
-            if counts is None:
-                return {}, []
-            totals = counts.double() if totals is None else totals + counts.double()
+    windows = text_windows(held, seq_len)
+    for start in range(0, len(windows), 32):
+        counts = model(torch.tensor(windows[start:start + 32])).expert_counts  # (MoE layers, E)
+        if counts is None:
+            return {}, []
+        totals = counts.double() if totals is None else totals + counts.double()
     assert totals is not None
     cv = (totals.std(dim=-1, unbiased=False) / totals.mean(dim=-1)).numpy()  # (layers,)
     shares = (totals / totals.sum(dim=-1, keepdim=True)).tolist()
@@ -292,7 +299,8 @@ def training_curve(metrics_file: Path) -> dict[str, Value]:
     losses = np.array([r["loss"] for r in rows], dtype=float)
     spikes = sum(losses[i] > 1.1 * np.median(losses[i - 20:i]) for i in range(20, len(losses)))
     out["loss_spikes"] = Value(float(spikes), math.sqrt(max(spikes, 1)))  # a count: Poisson error
-    norms = np.array([r["grad_norm"] for r in rows if "grad_norm" in r], dtype=float)[len(rows) // 2:]
+    norms = np.array([r["grad_norm"] for r in rows if "grad_norm" in r], dtype=float)
+    norms = norms[len(norms) // 2:]
     if len(norms) > 2:
         var = float(norms.var(ddof=1))
         out["grad_norm_variance"] = Value(var, var * math.sqrt(2 / (len(norms) - 1)))  # the error of a sample variance

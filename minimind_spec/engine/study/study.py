@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,14 +31,20 @@ from . import evaluate as ev
 from .plots import draw_plots
 from ...study.runs import StageRun, base_arm, execute, make_data, plan_runs, train_seconds
 
-MEASURE_VERSION = 2  # part of each run's measurement cache key: raise it when a measurement changes
+MEASURE_VERSION = 3  # part of each run's measurement cache key: raise it when a measurement changes
 CURVE_METRICS = {"step_seconds", "loss_spikes", "grad_norm_variance", "divergence_warnings"}
 
 
-def make_tokenizer(task: Task, data: Path, out: Path) -> Path:
+def make_tokenizer(task: Task, data: Path, digest: str, out: Path) -> Path:
+    """The study's tokenizer in OUT/tokenizer, trained once per data and vocabulary size."""
     directory = out / "tokenizer"
-    if not (directory / "tokenizer.json").is_file():
+    stamp = json.dumps({"vocab": task.tokenizer_vocab, "data": digest})
+    made = directory / "made_by.json"
+    made_by = made.read_text() if made.is_file() else stamp  # unstamped: made by an earlier version
+    if not (directory / "tokenizer.json").is_file() or made_by != stamp:
+        shutil.rmtree(directory, ignore_errors=True)
         train_tokenizer([data / "pretrain.jsonl", data / "sft.jsonl"], task.tokenizer_vocab, directory)
+    made.write_text(stamp)
     return directory
 
 
@@ -130,7 +137,7 @@ def run_study(base: Path, ablation_paths: list[Path], task_dir: Path, budget_nam
     out.mkdir(parents=True, exist_ok=True)
     ablations = design_study(base, ablation_paths, task, out)
     data, digest = make_data(task, out)
-    tokenizer_dir = make_tokenizer(task, data, out)
+    tokenizer_dir = make_tokenizer(task, data, digest, out)
     study = plan_runs(ablations, budget, task.teacher_spec, out, digest)
     total = len(study.runs)
     count = {"n": 0}
@@ -147,7 +154,7 @@ def run_study(base: Path, ablation_paths: list[Path], task_dir: Path, budget_nam
     held = {}
     results = []
     for ablation in ablations:
-        stage = ablation.family.measured_after
+        stage = ablation.measured_after
         seq_len = resolve(load_spec(ablation.spec), ablation.variant).model.seq_len
         held.setdefault(seq_len, ev.HeldOut.load(data, tokenizer, seq_len))
         metrics = tuple(ablation.family.metrics)
