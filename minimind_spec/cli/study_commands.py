@@ -33,10 +33,12 @@ def ablate_command(
                                           "runs) and stop; trains nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout when done.")] = False,
 ) -> None:
-    """Train BASE and each ABLATION through the same plan, data, seeds and budget, measure each
-    ablation on the metrics its `expected_effect` speaks of, and call each claim confirmed, not
-    observed or contradicted (only a difference beyond the seed spread and the measurement's
-    error counts).
+    """Train a spec and its ablations on a task and test each ablation's expected effect.
+
+    BASE and each ABLATION go through the same plan, data, seeds and budget; each ablation is
+    measured on the metrics its `expected_effect` speaks of, and each claim is called confirmed,
+    not observed or contradicted (only a difference beyond the seed spread and the
+    measurement's error counts).
 
     Every spec is shrunk to the task's dimensions (`scale` in task.json). Stages before the first
     one an ablation changes are shared with the base. Runs are keyed by spec, seed and budget: an
@@ -78,7 +80,7 @@ def ablate_command(
 
 def _print_design(base: Path, ablations: list[Path], task, budget, out: Path) -> None:  # noqa: ANN001
     """The pairs, families, claims and runs, with which runs are already done (when the data exists)."""
-    from ..study.design import design_study
+    from ..study.design import design_study, teacher_spec
     from ..study.runs import data_digest, plan_runs
 
     designed = design_study(base, ablations, task, out)
@@ -90,7 +92,7 @@ def _print_design(base: Path, ablations: list[Path], task, budget, out: Path) ->
             console.print(f"  - {claim.text}: `{claim.metric}` expected {'higher' if claim.expected > 0 else 'lower'}",
                           markup=False)
     digest = data_digest(out / "data")
-    runs = plan_runs(designed, budget, task.teacher_spec, out, digest or "not made yet").ordered()
+    runs = plan_runs(designed, budget, teacher_spec(task, out), out, digest or "not made yet").ordered()
     done = sum(run.done for run in runs) if digest else 0
     console.print(f"{len(runs)} training runs, {done} done: "
                   + ", ".join(f"{r.arm} {r.stage} s{r.seed}{' (done)' if digest and r.done else ''}" for r in runs), markup=False)

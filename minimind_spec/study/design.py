@@ -240,10 +240,17 @@ def spec_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def teacher_spec(task: Task, out: Path) -> Path:
+    """The task's teacher spec, `extends` merged, written to OUT/specs/teacher.json: the file the
+    teacher is trained from, so its bytes (the run's key) change whenever any file it extends does."""
+    return _write_spec(out / "specs", "teacher", load_document(task.teacher_spec).data)
+
+
 def design_study(base: Path, ablations: list[Path], task: Task, out: Path) -> list[Ablation]:
     """Every ablation paired with its base, their scaled specs written under OUT/specs/.
     Raises SpecError (any spec unusable) or InputError (an ablation without an `ablation` block)."""
-    scale = merge_patch(task.scale, {"techniques": {"distill": {"teacher_spec": str(task.teacher_spec)}}})
+    teacher = teacher_spec(task, out)
+    scale = merge_patch(task.scale, {"techniques": {"distill": {"teacher_spec": teacher.name}}})  # beside the students
     designed: list[Ablation] = []
     names: set[str] = set()
     for path in ablations:

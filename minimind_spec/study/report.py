@@ -102,5 +102,5 @@ def render_markdown(study: dict) -> str:
 def write_report(study: dict, out: Path) -> tuple[Path, Path]:
     markdown, data = out / "report.md", out / "report.json"
     write_text_atomic(markdown, render_markdown(study))
-    write_text_atomic(data, json.dumps(study, indent=2, default=str) + "\n")
+    write_text_atomic(data, json.dumps(study, default=str) + "\n")  # one line: the curves make it long
     return markdown, data

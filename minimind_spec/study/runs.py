@@ -1,6 +1,7 @@
 """The study's training runs: one `minimind-spec train` process per stage of each arm and seed.
 
-A `StageRun` is keyed by what decides its result: the spec file's bytes, the variant, the
+A `StageRun` is keyed by what decides its result: the spec file's bytes (every spec the study
+trains is written with `extends` merged, so a change anywhere reaches the key), the variant, the
 stage, the seed, the steps, the data, and the keys of the runs it starts from (the previous
 stage, the teacher). Its directory carries the key, so a finished run is never trained twice
 and a changed spec or budget trains afresh; an interrupted run resumes from its last

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from minimind_spec.errors import InputError
-from minimind_spec.study.design import design_study, family_of, first_changed_stage, scaled_documents
+from minimind_spec.study.design import design_study, family_of, first_changed_stage, scaled_documents, teacher_spec
 from minimind_spec.study.task import load_task
 from minimind_spec.study.runs import plan_runs
 
@@ -79,7 +79,7 @@ def test_runs_share_the_base_prefix_and_are_keyed_by_what_decides_them(designed:
     ablations = [a for n, a in designed.items() if n != "_out"]
     task = load_task(TASK)
     quick = task.budget("quick")
-    runs = plan_runs(ablations, quick, task.teacher_spec, out, "data0")
+    runs = plan_runs(ablations, quick, teacher_spec(task, out), out, "data0")
     # the base trains every stage (DPO is measured after dpo); the DPO ablation starts from the base's distill stage
     assert [s for (arm, s, _) in runs.runs if arm == "base"] == ["pretrain", "sft", "distill", "dpo"]
     assert runs.get("dpo_beta_0.5", "dpo", 0).init is runs.get("base", "distill", 0)
@@ -89,11 +89,11 @@ def test_runs_share_the_base_prefix_and_are_keyed_by_what_decides_them(designed:
     order = runs.ordered()
     assert all(order.index(r.init) < order.index(r) for r in order if r.init is not None)
     # keys: the same inputs give the same key; another seed, budget or data another
-    again = plan_runs(ablations, quick, task.teacher_spec, out, "data0")
+    again = plan_runs(ablations, quick, teacher_spec(task, out), out, "data0")
     assert again.get("base", "dpo", 0).key == runs.get("base", "dpo", 0).key
-    other_data = plan_runs(ablations, quick, task.teacher_spec, out, "data1")
+    other_data = plan_runs(ablations, quick, teacher_spec(task, out), out, "data1")
     assert other_data.get("base", "dpo", 0).key != runs.get("base", "dpo", 0).key
-    full = plan_runs(ablations, task.budget("full"), task.teacher_spec, out, "data0")
+    full = plan_runs(ablations, task.budget("full"), teacher_spec(task, out), out, "data0")
     assert full.get("base", "pretrain", 0).key != runs.get("base", "pretrain", 0).key
     assert full.get("base", "pretrain", 1).key != full.get("base", "pretrain", 0).key
 
@@ -139,3 +139,33 @@ def test_a_run_is_finished_only_when_its_last_step_and_final_model_are_written(d
     assert not finished(run)  # still step 3
     run.metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6)))
     assert finished(run)
+
+
+def test_a_change_in_a_file_the_teacher_extends_retrains_the_teacher(designed: dict, tmp_path: Path) -> None:
+    import dataclasses
+
+    from minimind_spec.study.runs import StageRun
+
+    parent = tmp_path / "parent.json"
+    parent.write_text((ROOT / "spec" / "larger_model.json").read_text())
+    child = tmp_path / "teacher.json"
+    child.write_text(json.dumps({**json.loads((TASK / "teacher.json").read_text()), "extends": "parent.json"}))
+    task = dataclasses.replace(load_task(TASK), teacher_spec=child)
+
+    def key() -> str:
+        return StageRun("teacher", teacher_spec(task, tmp_path / "out"), None, "pretrain", 0, 5, "d").key
+
+    before = key()
+    assert key() == before
+    parent.write_text(parent.read_text() + "\n ")  # whitespace only: the same merged spec, the same key
+    assert key() == before
+    document = json.loads((ROOT / "spec" / "larger_model.json").read_text())
+    document.setdefault("regularization", {})["weight_decay"] = 0.05
+    parent.write_text(json.dumps(document))
+    assert key() != before
+
+
+def test_the_scaled_specs_name_the_teacher_beside_them(designed: dict) -> None:
+    spec = json.loads(designed["no_reasoning_masking"].spec.read_text())
+    assert spec["techniques"]["distill"]["teacher_spec"] == "teacher.json"
+    assert (designed["no_reasoning_masking"].spec.parent / "teacher.json").is_file()

@@ -20,7 +20,7 @@ import torch
 
 from ...loader import load_spec
 from ...resolve import resolve
-from ...study.design import Ablation, design_study, trainable_percent
+from ...study.design import Ablation, design_study, teacher_spec, trainable_percent
 from ...study.report import write_report
 from ...study.task import Budget, Task, load_task
 from ...study.verdict import Measure, compare
@@ -129,6 +129,14 @@ def compare_ablation(ablation: Ablation, base_rows: list[dict], ablation_rows: l
     return {"claims": claims, "metrics": context}
 
 
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it lies under it (reports do not name the checkout's place)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def run_study(base: Path, ablation_paths: list[Path], task_dir: Path, budget_name: str, out: Path, device: str = "auto",
               jobs: int = 1, say: Callable[[str], None] = print, budget_override: Budget | None = None) -> dict:
     started = time.perf_counter()
@@ -138,7 +146,7 @@ def run_study(base: Path, ablation_paths: list[Path], task_dir: Path, budget_nam
     ablations = design_study(base, ablation_paths, task, out)
     data, digest = make_data(task, out)
     tokenizer_dir = make_tokenizer(task, data, digest, out)
-    study = plan_runs(ablations, budget, task.teacher_spec, out, digest)
+    study = plan_runs(ablations, budget, teacher_spec(task, out), out, digest)
     total = len(study.runs)
     count = {"n": 0}
 
@@ -167,14 +175,15 @@ def run_study(base: Path, ablation_paths: list[Path], task_dir: Path, budget_nam
             "trains_stages": list(ablation.stages), "changes": list(ablation.changes), "paper": list(ablation.paper),
             "kept_from_ablation": list(ablation.kept_from_ablation),
             **compare_ablation(ablation, base_rows, ablation_rows),
-            "curves": {"base": [r["loss_curve"] for r in base_rows], "ablation": [r["loss_curve"] for r in ablation_rows]},
+            "curves": {side: [[[step, round(loss, 4)] for step, loss in r["loss_curve"]] for r in rows]
+                       for side, rows in (("base", base_rows), ("ablation", ablation_rows))},
             "position_curve": {"base": [r.get("position_curve") for r in base_rows],
                                "ablation": [r.get("position_curve") for r in ablation_rows]},
             "expert_shares": {"base": base_rows[0].get("expert_shares"), "ablation": ablation_rows[0].get("expert_shares")},
         })
     seconds = {f"{run.arm}.{run.stage}.seed{run.seed}": train_seconds(run) for run in study.runs.values()}
     study_json = {
-        "base": str(base), "task": str(task.directory), "task_about": task.about, "budget": budget.name,
+        "base": str(base), "task": _shown(task.directory), "task_about": task.about, "budget": budget.name,
         "seeds": list(budget.seeds), "steps": budget.steps, "teacher_steps": budget.teacher_steps, "device": device,
         "scale": task.scale, "ablations": results, "train_seconds": seconds,
         "train_minutes_total": sum(v for v in seconds.values() if v is not None) / 60,
