@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from ...errors import InputError
 from ...loader import load_spec
 from ...resolve import resolve
 from ...study.design import Ablation, design_study, teacher_spec, trainable_percent
@@ -139,6 +140,7 @@ def _shown(path: Path) -> str:
 
 def run_study(base: Path, ablation_paths: list[Path], task_dir: Path, budget_name: str, out: Path, device: str = "auto",
               jobs: int = 1, say: Callable[[str], None] = print, budget_override: Budget | None = None) -> dict:
+    """Design, train (what is not done yet), measure, judge, plot and report; returns the report's data."""
     started = time.perf_counter()
     task = load_task(task_dir)
     budget = budget_override or task.budget(budget_name)
@@ -157,6 +159,9 @@ def run_study(base: Path, ablation_paths: list[Path], task_dir: Path, budget_nam
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     execute(study, data, tokenizer_dir, device, jobs, report)
+    unfinished = [run.label for run in study.runs.values() if not run.done]
+    if unfinished:
+        raise InputError(f"{len(unfinished)} runs did not finish ({unfinished[0]}, ...): the same command resumes them")
     say("measuring ...")
     tokenizer = load_tokenizer(tokenizer_dir)
     held = {}
