@@ -17,9 +17,10 @@ ABLATIONS = [ROOT / "spec" / "ablations" / "layernorm.json", ROOT / "spec" / "ab
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The tiny study, two runs at a time (--jobs 2: runs wait for the runs they start from)."""
     out = tmp_path_factory.mktemp("ablate") / "study"
     result = CliRunner().invoke(app, ["ablate", str(ROOT / "spec" / "minimind.json"), *map(str, ABLATIONS), "--task", str(TASK),
-                                      "--quick", "--out", str(out)])
+                                      "--quick", "--jobs", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out, result.output
 
