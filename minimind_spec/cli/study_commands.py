@@ -66,7 +66,7 @@ def ablate_command(
         result = run_study(base, ablations, task, budget.name, out, device=device, jobs=jobs,
                            say=lambda m: say(m, markup=False), budget_override=budget)
     except KeyboardInterrupt:
-        err_console.print("interrupted: the run in flight saved a checkpoint; the same command resumes the study")
+        err_console.print("interrupted: a run in flight keeps its last checkpoint; the same command resumes the study")
         raise typer.Exit(130) from None
     if as_json:
         print_json(result)
