@@ -16,6 +16,7 @@ import click
 import typer
 from typer.core import TyperOption
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import InputError, Problem, Severity, SpecError
 
@@ -71,7 +72,7 @@ def spec_errors() -> Iterator[None]:
     except SpecError as error:
         fail(error)
     except InputError as error:
-        err_console.print(f"[red]error[/red] {error}", markup=True)
+        err_console.print(f"[red]error[/red] {escape(str(error))}", markup=True)  # paths and log lines may hold [brackets]
         raise typer.Exit(EXIT_USAGE) from None
     except OSError as error:  # an output path that cannot be written: unusable input too
         where = f"{error.filename}: " if error.filename else ""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .app import app, console, err_console, guarded, print_json
+
+if TYPE_CHECKING:
+    from ..study.task import Budget, Task
 
 DEFAULT_TASK = Path(__file__).resolve().parents[2] / "examples" / "reasoning"
 
@@ -30,7 +33,7 @@ def ablate_command(
                                       "are shared between them).")] = 1,
     device: Annotated[str, typer.Option("--device", help="auto (cuda if present, else cpu), cpu or cuda.")] = "auto",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the design (pairs, families, claims, stages, "
-                                          "runs) and stop; trains nothing.")] = False,
+                                          "runs) and stop: writes OUT/specs/, trains nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout when done.")] = False,
 ) -> None:
     """Train a spec and its ablations on a task and test each ablation's expected effect.
@@ -47,7 +50,6 @@ def ablate_command(
     Writes OUT/report.md (verdicts with the numbers beside the card's sentence), OUT/report.json
     and OUT/plots/*.png. Example: `minimind-spec ablate spec/minimind.json spec/ablations/*.json --quick`.
     """
-    from ..study.design import design_study
     from ..study.task import load_task
 
     task_data = load_task(task)
@@ -55,7 +57,6 @@ def ablate_command(
     if seeds is not None:
         chosen = list(budget.seeds[:seeds]) + [s for s in range(1000) if s not in budget.seeds][:max(0, seeds - len(budget.seeds))]
         budget = type(budget)(budget.name, tuple(chosen), budget.steps, budget.teacher_steps)
-        task_data.budgets[budget.name] = budget
     if dry_run:
         _print_design(base, ablations, task_data, budget, out)
         return
@@ -78,20 +79,21 @@ def ablate_command(
     console.print(f"report: {out / 'report.md'} (plots in {out / 'plots'})", markup=False)
 
 
-def _print_design(base: Path, ablations: list[Path], task, budget, out: Path) -> None:  # noqa: ANN001
+def _print_design(base: Path, ablations: list[Path], task: "Task", budget: "Budget", out: Path) -> None:
     """The pairs, families, claims and runs, with which runs are already done (when the data exists)."""
     from ..study.design import design_study, teacher_spec
-    from ..study.runs import data_digest, plan_runs
+    from ..study.runs import base_arm, data_digest, inputs_digest, plan_runs
 
     designed = design_study(base, ablations, task, out)
     console.print(f"budget {budget.name}: seeds {list(budget.seeds)}, steps {budget.steps}", markup=False)
     for a in designed:
-        console.print(f"{a.name} ({a.family.name}; vs {'base@' + a.variant if a.variant else 'base'}): "
+        console.print(f"{a.name} ({a.family.name}; vs {base_arm(a)}): "
                       f"trains {', '.join(a.stages)}, measured after {a.measured_after}", markup=False)
         for claim in a.claims:
             console.print(f"  - {claim.text}: `{claim.metric}` expected {'higher' if claim.expected > 0 else 'lower'}",
                           markup=False)
-    digest = data_digest(out / "data")
+    data_hash, tokenizer = data_digest(out / "data"), out / "tokenizer"
+    digest = inputs_digest(data_hash, tokenizer) if data_hash and (tokenizer / "tokenizer.json").is_file() else None
     runs = plan_runs(designed, budget, teacher_spec(task, out), out, digest or "not made yet").ordered()
     done = sum(run.done for run in runs) if digest else 0
     console.print(f"{len(runs)} training runs, {done} done: "

@@ -47,6 +47,8 @@ class Claim:
 
 @dataclass(frozen=True)
 class Family:
+    """A kind of change: the stage after which it is measured and what is measured."""
+
     name: str
     measured_after: str  # the stage whose final model is measured
     metrics: tuple[str, ...]  # everything measured for this family (the claims' metrics and context)

@@ -8,6 +8,7 @@ the noise it had to exceed and the verdict; the other measured metrics follow as
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..files import write_text_atomic
@@ -79,7 +80,8 @@ def render_markdown(study: dict) -> str:
         ]
         for claim in ablation["claims"]:
             expected = "higher" if claim["expected"] > 0 else "lower"
-            noise = "exact" if claim["noise"] == 0 else _number(claim["noise"]) if claim["noise"] is not None else "unknown"
+            exact = claim["base"] is not None and claim["ablation"] is not None and claim["base"]["exact"] and claim["ablation"]["exact"]
+            noise = "exact" if exact else _number(claim["noise"]) if claim["noise"] is not None else "unknown"
             difference = f"{claim['difference']:+.3g}" if claim["difference"] is not None else "n/a"
             lines.append(f"| {claim['text']} | `{claim['metric']}` | {_side(claim['base'])} | {_side(claim['ablation'])} | "
                          f"{difference} | {noise} | {expected} | **{claim['verdict']}** |")
@@ -92,15 +94,26 @@ def render_markdown(study: dict) -> str:
         if context:
             lines += ["", "Also measured: " + "; ".join(f"`{m}` base {_side(v['base'])}, ablation {_side(v['ablation'])}"
                                                         for m, v in context) + "."]
-        plots = [p for p in study.get("plots", []) if Path(p).name.startswith(ablation["name"] + "_")]
+        plots = study.get("plots", {}).get(ablation["name"], [])
         if plots:
             lines += ["", *[f"![{Path(p).stem}]({p})" for p in plots]]
         lines.append("")
     return "\n".join(lines)
 
 
+def _finite(value: object) -> object:
+    """`value` with NaN and infinities as null (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_report(study: dict, out: Path) -> tuple[Path, Path]:
     markdown, data = out / "report.md", out / "report.json"
     write_text_atomic(markdown, render_markdown(study))
-    write_text_atomic(data, json.dumps(study, default=str) + "\n")  # one line: the curves make it long
+    write_text_atomic(data, json.dumps(_finite(study), default=str) + "\n")  # one line: the curves make it long
     return markdown, data

@@ -131,7 +131,14 @@ def data_digest(data: Path) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def inputs_digest(data_hash: str, tokenizer: Path) -> str:
+    """What every run trains on: the data and the tokenizer."""
+    return hashlib.sha256((data_hash + hashlib.sha256((tokenizer / "tokenizer.json").read_bytes()).hexdigest()).encode()
+                          ).hexdigest()[:16]
+
+
 def base_arm(ablation: Ablation) -> str:
+    """The arm an ablation is compared with: the base, built as the ablation's variant if it picks one."""
     return f"base@{ablation.variant}" if ablation.variant else "base"
 
 

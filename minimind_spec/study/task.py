@@ -51,6 +51,9 @@ class Budget:
 
 @dataclass(frozen=True)
 class Task:
+    """A checked task.json. The held-out data its script writes must include the text domains
+    "story" and "general" in heldout_text.jsonl, problems in eval.jsonl and pairs in eval_pairs.jsonl."""
+
     directory: Path
     about: str
     data_command: tuple[str, ...]  # the script (relative to the task) and its arguments

@@ -65,7 +65,7 @@ class Comparison:
 
 def noise_of(base: Measure, ablation: Measure) -> float | None:
     """The larger of the seed spread and twice the combined standard error; 0 for exact metrics;
-    None when one seed gives no spread and the metric has no standard error."""
+    None when one seed gives no spread and the metric has no standard error, or either is not finite."""
     if base.exact and ablation.exact:
         return 0.0
     seeds = min(len(base.values), len(ablation.values))
@@ -73,7 +73,7 @@ def noise_of(base: Measure, ablation: Measure) -> float | None:
     errors = (base.error, ablation.error)
     sampling = 2 * math.sqrt(sum(e * e for e in errors)) if all(e is not None for e in errors) else None  # type: ignore[operator]
     known = [n for n in (spread, sampling) if n is not None]
-    return max(known) if known else None
+    return max(known) if known and all(math.isfinite(n) for n in known) else None  # NaN: nothing to judge by
 
 
 def compare(base: Measure, ablation: Measure, expected: int) -> Comparison:

@@ -48,3 +48,19 @@ def test_overall_counts_each_verdict() -> None:
     assert overall([Verdict.CONFIRMED, Verdict.CONFIRMED]) == "confirmed (2 of 2 claims)"
     assert overall([Verdict.CONFIRMED, Verdict.NOT_OBSERVED, Verdict.CONFIRMED]) == "2 confirmed, 1 not observed"
     assert overall([]) == "no claims to test"
+
+
+def test_a_noise_that_is_not_a_number_is_no_evidence() -> None:
+    base, ablation = Measure((1.0,), (float("nan"),)), Measure((5.0,), (0.1,))
+    assert noise_of(base, ablation) is None
+    assert compare(base, ablation, +1).verdict == Verdict.NOT_OBSERVED
+
+
+def test_report_json_has_no_nan(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from minimind_spec.study.report import _finite
+
+    data = _finite({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
+    assert data == {"a": None, "b": [1.0, None], "c": {"d": 2}}
+    json.dumps(data, allow_nan=False)

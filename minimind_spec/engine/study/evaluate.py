@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ class HeldOut:
     problems: list[tuple[list[int], int]]  # (prompt ids, the right answer)
     eos_id: int
     pad_id: int
-    decode: object  # ids -> text
+    decode: Callable[[list[int]], str]
 
     @classmethod
     def load(cls, data: Path, tokenizer: ChatTokenizer, seq_len: int) -> "HeldOut":
@@ -72,6 +73,10 @@ class HeldOut:
             row = json.loads(line)
             prompt = render(Conversation((Turn("user", row["prompt"]),)), add_generation_prompt=True)
             problems.append((tokenizer.encode(prompt), int(row["answer"])))
+        empty = [name for name, rows in (("eval.jsonl", problems), ("eval_pairs.jsonl", pairs)) if not rows]
+        empty += [f"heldout_text.jsonl (domain {d!r})" for d in TEXT_DOMAINS if not documents.get(d)]
+        if empty:
+            raise InputError(f"the task's held-out data in {data} has nothing in {', '.join(empty)}")
         return cls(documents, conversations, pairs, problems, tokenizer.eos_id, tokenizer.pad_id, tokenizer.decode)
 
 
@@ -176,7 +181,7 @@ def answers(model: nn.Module, held: HeldOut, batch: int = 50, max_new_tokens: in
         output = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=held.eos_id,
                                 pad_token_id=held.pad_id)
         for (_, answer), row in zip(chunk, output[:, width:].tolist()):
-            text = held.decode([t for t in row if t not in (held.pad_id, held.eos_id)])  # type: ignore[operator]
+            text = held.decode([t for t in row if t not in (held.pad_id, held.eos_id)])
             is_right, found_steps, correct = score_answer(text, answer)
             right.append(is_right)
             steps, correct_steps = steps + found_steps, correct_steps + correct

@@ -12,8 +12,9 @@ import math
 from pathlib import Path
 
 
-def draw_plots(study: dict, out: Path) -> list[str] | None:
-    """Write the PNGs into OUT/plots and return their paths relative to OUT (None without matplotlib)."""
+def draw_plots(study: dict, out: Path) -> dict[str, list[str]] | None:
+    """Write the PNGs into OUT/plots; returns each ablation's plots (paths relative to OUT), or
+    None without matplotlib."""
     try:
         import matplotlib
 
@@ -23,13 +24,13 @@ def draw_plots(study: dict, out: Path) -> list[str] | None:
         return None
     directory = out / "plots"
     directory.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
+    written: dict[str, list[str]] = {}
 
     def save(fig, name: str) -> None:  # noqa: ANN001
         fig.tight_layout()
         fig.savefig(directory / name, dpi=100)
         plt.close(fig)
-        written.append(f"plots/{name}")
+        written.setdefault(ablation["name"], []).append(f"plots/{name}")
 
     for ablation in study["ablations"]:
         name = ablation["name"]
@@ -51,7 +52,8 @@ def draw_plots(study: dict, out: Path) -> list[str] | None:
                 for x, side in enumerate(("base", "ablation")):
                     values = claim[side]["per_seed"]
                     ax.bar(x, claim[side]["mean"], color="tab:blue" if x == 0 else "tab:red", alpha=0.6,
-                           yerr=[[claim[side]["mean"] - min(values)], [max(values) - claim[side]["mean"]]], capsize=4)
+                           yerr=[[max(0.0, claim[side]["mean"] - min(values))], [max(0.0, max(values) - claim[side]["mean"])]],
+                           capsize=4)  # max(0, ...): a mean of equal values can land a rounding step outside them
                     ax.scatter([x] * len(values), values, color="black", s=10, zorder=3)
                 ax.set_xticks([0, 1], ["base", name], fontsize=8)
                 ax.set_title(f"{claim['metric']}\n{claim['verdict']}", fontsize=9)

@@ -30,9 +30,14 @@ from ..export import load_model
 from ..model_dir import find_model
 from . import evaluate as ev
 from .plots import draw_plots
-from ...study.runs import StageRun, base_arm, execute, make_data, plan_runs, train_seconds
+from ...study.runs import StageRun, base_arm, execute, inputs_digest, make_data, plan_runs, train_seconds
 
-MEASURE_VERSION = 3  # part of each run's measurement cache key: raise it when a measurement changes
+MEASURE_VERSION = 3
+UNMEASURABLE = {  # why a metric can have no value
+    "loss_2x": "positions it cannot represent", "loss_4x": "positions it cannot represent",
+    "think_step_accuracy": "its answers wrote no `a + b = c` steps",
+    "answer_loss": "seq_len cuts every held-out answer off",
+}  # part of each run's measurement cache key: raise it when a measurement changes
 CURVE_METRICS = {"step_seconds", "loss_spikes", "grad_norm_variance", "divergence_warnings"}
 
 
@@ -117,7 +122,7 @@ def compare_ablation(ablation: Ablation, base_rows: list[dict], ablation_rows: l
         if base is None or ablated is None:
             side = "the base" if base is None else "the ablation"
             entry |= {"verdict": "not observed", "noise": None, "difference": None,
-                      "why": f"{side} cannot be measured on this metric (positions it cannot represent)"}
+                      "why": f"{side} has no value in some seed: {UNMEASURABLE.get(claim.metric, 'not measurable for it')}"}
         else:
             result = compare(base, ablated, claim.expected)
             entry |= {"verdict": str(result.verdict), "noise": result.noise, "difference": result.difference}
@@ -146,9 +151,10 @@ def run_study(base: Path, ablation_paths: list[Path], task_dir: Path, budget_nam
     budget = budget_override or task.budget(budget_name)
     out.mkdir(parents=True, exist_ok=True)
     ablations = design_study(base, ablation_paths, task, out)
-    data, digest = make_data(task, out)
-    tokenizer_dir = make_tokenizer(task, data, digest, out)
-    study = plan_runs(ablations, budget, teacher_spec(task, out), out, digest)
+    plan_runs(ablations, budget, teacher_spec(task, out), out, "")  # a budget without a needed stage fails here, early
+    data, data_hash = make_data(task, out)
+    tokenizer_dir = make_tokenizer(task, data, data_hash, out)
+    study = plan_runs(ablations, budget, teacher_spec(task, out), out, inputs_digest(data_hash, tokenizer_dir))
     total = len(study.runs)
     count = {"n": 0}
 
@@ -169,7 +175,8 @@ def run_study(base: Path, ablation_paths: list[Path], task_dir: Path, budget_nam
     for ablation in ablations:
         stage = ablation.measured_after
         seq_len = resolve(load_spec(ablation.spec), ablation.variant).model.seq_len
-        held.setdefault(seq_len, ev.HeldOut.load(data, tokenizer, seq_len))
+        if seq_len not in held:
+            held[seq_len] = ev.HeldOut.load(data, tokenizer, seq_len)
         metrics = tuple(ablation.family.metrics)
         base_rows = [measure(study.get(base_arm(ablation), stage, s), metrics,
                              held[seq_len]) for s in budget.seeds]
@@ -197,6 +204,6 @@ def run_study(base: Path, ablation_paths: list[Path], task_dir: Path, budget_nam
     plots = draw_plots(study_json, out)
     if plots is None:
         say("matplotlib is not installed: no plots (pip install matplotlib, or the package's [plots] extra)")
-    study_json["plots"] = plots or []
+    study_json["plots"] = plots or {}
     write_report(study_json, out)
     return study_json
