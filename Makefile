@@ -23,7 +23,7 @@ test: install-test
 schema: install
 	$(PY) -m minimind_spec schema
 
-ablate-quick:  # the card's six ablations, one seed (8.6 min on 2 CPU cores): out/ablations/report.md
+ablate-quick:  # the card's six ablations, one seed (8.3 min on 2 CPU cores): out/ablations/report.md
 	$(PIP) -e ".[plots]"
 	$(PY) -m minimind_spec ablate spec/minimind.json spec/ablations/*.json --quick --out out/ablations
 
