@@ -234,7 +234,8 @@ def trainable_percent(resolved: ResolvedSpec, stage: str) -> float:
     return 100.0 * planned.trainable_params / planned.total_params
 
 
-def _resolved(path: Path, variant: str | None) -> ResolvedSpec:
+def resolved_spec(path: Path, variant: str | None) -> ResolvedSpec:
+    """A spec file loaded, validated and resolved (as `variant`)."""
     return resolve(load_spec(path), variant)
 
 
@@ -266,12 +267,12 @@ def design_study(base: Path, ablations: list[Path], task: Task, out: Path) -> li
         if name in names:
             raise InputError(f"two ablation specs are named {name!r}")
         names.add(name)
-        paper_variant = _resolved(path, None)
+        paper_variant = resolved_spec(path, None)
         variant = paper_variant.variant if "variant" in paper_variant.provenance else None
         base_doc, ablation_doc, kept = scaled_documents(base, path, scale)
         base_spec = _write_spec(out / "specs", f"base@{variant}" if variant else "base", base_doc)
         ablation_spec = _write_spec(out / "specs", name, ablation_doc)
-        base_resolved, ablation_resolved = _resolved(base_spec, variant), _resolved(ablation_spec, variant)
+        base_resolved, ablation_resolved = resolved_spec(base_spec, variant), resolved_spec(ablation_spec, variant)
         before = flat_values({"model": base_resolved.model, "training": base_resolved.training})
         after = flat_values({"model": ablation_resolved.model, "training": ablation_resolved.training})
         keys = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
@@ -280,7 +281,7 @@ def design_study(base: Path, ablations: list[Path], task: Task, out: Path) -> li
         if family == "lora":  # the share the card's sentence quotes, at the card's dimensions
             stage = FAMILIES[family].measured_after
             paper += (f"trainable share of the {stage} stage at the card's dimensions: "
-                      f"{trainable_percent(_resolved(base, variant), stage):.2f}% -> "
+                      f"{trainable_percent(resolved_spec(base, variant), stage):.2f}% -> "
                       f"{trainable_percent(paper_variant, stage):.2f}%",)
         designed.append(Ablation(
             name=name, source=Path(path), expected_effect=spec.ablation.expected_effect, spec=ablation_spec,

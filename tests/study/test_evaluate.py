@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from minimind_spec.engine.compile import compile_model
+from minimind_spec.engine.train.report import read_metrics
 from minimind_spec.engine.study.evaluate import HeldOut, norm_saved_bytes, position_losses, preference, score_answer, training_curve
 from minimind_spec.loader import load_spec
 from minimind_spec.resolve import resolve
@@ -52,7 +53,7 @@ def test_training_curve_metrics(tmp_path: Path) -> None:
     rows[-1]["warnings"] = ["diverging", "collapsing"]
     file = tmp_path / "metrics.jsonl"
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    curve = training_curve(file)
+    curve = training_curve(read_metrics(file))
     assert curve["loss_spikes"].value == 1
     seconds = np.array([1.0 if i % 2 == 0 else 2.0 for i in range(5, 30)])  # 100 tokens at 100 or 50 tokens/s
     assert curve["step_seconds"].value == pytest.approx(float(np.median(seconds)))

@@ -286,12 +286,11 @@ def norm_saved_bytes(model: nn.Module, seq_len: int, batch: int = 2) -> Value:
     return Value(sum(saved.values()) / (batch * seq_len), exact=True)
 
 
-def training_curve(metrics_file: Path) -> dict[str, Value]:
-    """From a stage's metrics.jsonl: median seconds per optimizer step, loss spikes (a step whose
+def training_curve(rows: list[dict]) -> dict[str, Value]:
+    """From a stage's metrics rows (metrics.jsonl): median seconds per optimizer step, loss spikes (a step whose
     loss exceeds the median of the previous 20 by 10%, after the first 20), the variance of the
     gradient norm over the second half of training, and the warnings raised."""
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "loss" in r]
+    rows = [r for r in rows if "loss" in r]  # evaluation rows have no training loss
     out: dict[str, Value] = {}
     tokens = np.array([r["tokens"] for r in rows], dtype=float)
     rates = np.array([r["tokens_per_s"] for r in rows], dtype=float)
@@ -314,6 +313,6 @@ def training_curve(metrics_file: Path) -> dict[str, Value]:
     return out
 
 
-def curve_points(metrics_file: Path, key: str = "loss") -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+def curve_points(rows: list[dict], key: str = "loss") -> list[tuple[int, float]]:
+    """(step, value) of each metrics row that has `key`."""
     return [(r["step"], r[key]) for r in rows if key in r]

@@ -19,18 +19,17 @@ from typing import Callable
 import torch
 
 from ...errors import InputError
-from ...loader import load_spec
-from ...resolve import resolve
-from ...study.design import Ablation, design_study, teacher_spec, trainable_percent
+from ...study.design import Ablation, design_study, resolved_spec, teacher_spec, trainable_percent
 from ...study.report import write_report
+from ...study.runs import StageRun, base_arm, execute, inputs_digest, make_data, plan_runs, train_seconds
 from ...study.task import Budget, Task, load_task
 from ...study.verdict import Measure, compare
 from ..data.tokenizer import load_tokenizer, train_tokenizer
 from ..export import load_model
 from ..model_dir import find_model
+from ..train.report import read_metrics
 from . import evaluate as ev
 from .plots import draw_plots
-from ...study.runs import StageRun, base_arm, execute, inputs_digest, make_data, plan_runs, train_seconds
 
 MEASURE_VERSION = 3
 UNMEASURABLE = {  # why a metric can have no value
@@ -56,7 +55,7 @@ def make_tokenizer(task: Task, data: Path, digest: str, out: Path) -> Path:
 
 def trainable_share(run: StageRun) -> ev.Value:
     """Trainable parameters of the run's stage over all parameters, from the plan (exact)."""
-    return ev.Value(trainable_percent(resolve(load_spec(run.spec), run.variant), run.stage), exact=True)
+    return ev.Value(trainable_percent(resolved_spec(run.spec, run.variant), run.stage), exact=True)
 
 
 def measure(run: StageRun, metrics: tuple[str, ...], held: ev.HeldOut) -> dict:
@@ -67,7 +66,7 @@ def measure(run: StageRun, metrics: tuple[str, ...], held: ev.HeldOut) -> dict:
         return json.loads(cache.read_text())
     files = find_model(run.final)
     model = load_model(files.config, files.weights).eval()
-    seq_len = resolve(load_spec(run.spec), run.variant).model.seq_len
+    seq_len = resolved_spec(run.spec, run.variant).model.seq_len
     values: dict[str, ev.Value | None] = {}
     extras: dict[str, object] = {}
     if {"loss_1x", "loss_2x", "loss_4x"} & set(wanted):
@@ -88,11 +87,12 @@ def measure(run: StageRun, metrics: tuple[str, ...], held: ev.HeldOut) -> dict:
         values |= load
     if "norm_saved_bytes_per_token" in wanted:
         values["norm_saved_bytes_per_token"] = ev.norm_saved_bytes(model, seq_len)
+    rows = read_metrics(run.metrics)
     if CURVE_METRICS & set(wanted):
-        values |= ev.training_curve(run.metrics)
+        values |= ev.training_curve(rows)
     if "trainable_share" in wanted:
         values["trainable_share"] = trainable_share(run)
-    extras["loss_curve"] = ev.curve_points(run.metrics)
+    extras["loss_curve"] = ev.curve_points(rows)
     result = {"values": {k: None if v is None else [v.value, v.error, v.exact] for k, v in values.items()}, **extras,
               "train_seconds": train_seconds(run)}
     cache.write_text(json.dumps(result) + "\n")
@@ -174,7 +174,7 @@ def run_study(base: Path, ablation_paths: list[Path], task_dir: Path, budget_nam
     results = []
     for ablation in ablations:
         stage = ablation.measured_after
-        seq_len = resolve(load_spec(ablation.spec), ablation.variant).model.seq_len
+        seq_len = resolved_spec(ablation.spec, ablation.variant).model.seq_len
         if seq_len not in held:
             held[seq_len] = ev.HeldOut.load(data, tokenizer, seq_len)
         metrics = tuple(ablation.family.metrics)

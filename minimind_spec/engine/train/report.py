@@ -11,9 +11,13 @@ from .loop import METRICS_FILE
 PLOT_FILE = "loss.png"
 
 
-def _rows(stage_dir: Path) -> list[dict]:
-    path = stage_dir / METRICS_FILE
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl ([] when there is none)."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _rows(stage_dir: Path) -> list[dict]:
+    return read_metrics(stage_dir / METRICS_FILE)
 
 
 def plot_loss(stage_dir: Path, title: str) -> Path | None:
