@@ -6,9 +6,11 @@ masks, attention dropout, RoPE, a static KV cache, and three interchangeable bac
 - flash-attn2: the `flash_attn` package, used when it imports and the tensors are CUDA
                fp16/bf16 with no padding mask; otherwise SDPA, with a one-time notice.
 
-Masks are built once per forward by the model (`build_attention_mask`) as an additive float
-tensor (0 where a query may attend, the dtype's minimum elsewhere), so fully padded rows
-stay finite instead of turning into NaN.
+Masks are built once per forward by the model (`build_attention_mask`, or
+`PackedRows.attention_mask` for packed rows) as an additive float tensor (0 where a query may
+attend, the dtype's minimum elsewhere), so fully padded rows stay finite instead of turning
+into NaN. Packed rows on the flash backend skip the mask: flash-attn's variable-length kernel
+takes the sample boundaries (`cu_seqlens`) instead.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .lora import Projection
+from .packing import PackedRows
 from .positional import apply_rotary
 
 if TYPE_CHECKING:
@@ -31,8 +34,9 @@ BackendName = Literal["flash-attn2", "sdpa", "eager"]
 
 try:  # optional dependency; never required
     from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore[import-not-found]
+    from flash_attn import flash_attn_varlen_func as _flash_attn_varlen_func  # type: ignore[import-not-found]
 except Exception:  # noqa: BLE001 - any import failure means "not available"
-    _flash_attn_func = None
+    _flash_attn_func = _flash_attn_varlen_func = None
 
 _NOTICES_GIVEN: set[str] = set()
 
@@ -96,19 +100,30 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     )
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                    dropout: float, training: bool) -> torch.Tensor:
-    # q: (B, H, T, d), k/v: (B, Hkv, S, d) -> (B, H, T, d); falls back to SDPA where it cannot run
+def flash_unavailable(device_type: str, dtype: torch.dtype) -> str | None:
+    """Why the flash-attn kernels cannot run on these tensors (None: they can)."""
     if _flash_attn_func is None:
-        _notice_once("the flash_attn package is not installed")
-    elif q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
-        _notice_once(f"tensors are {q.device.type} {str(q.dtype).removeprefix('torch.')} (it needs CUDA fp16/bf16)")
-    elif mask is not None:
-        _notice_once("a padding mask is present")
-    else:
+        return "the flash_attn package is not installed"
+    if device_type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return f"tensors are {device_type} {str(dtype).removeprefix('torch.')} (it needs CUDA fp16/bf16)"
+    return None
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                    dropout: float, training: bool, packed: PackedRows | None = None) -> torch.Tensor:
+    # q: (B, H, T, d), k/v: (B, Hkv, S, d) -> (B, H, T, d); falls back to SDPA where it cannot run
+    reason = flash_unavailable(q.device.type, q.dtype)
+    if reason is None and packed is not None and mask is None:  # packed rows: the variable-length kernel
+        B, H, T, d = q.shape
+        flat = [x.transpose(1, 2).reshape(B * T, x.shape[1], d) for x in (q, k, v)]  # (B*T, H|Hkv, d)
+        out = _flash_attn_varlen_func(*flat, packed.cu_seqlens, packed.cu_seqlens, packed.max_seqlen, packed.max_seqlen,
+                                      dropout_p=dropout if training else 0.0, causal=True)  # (B*T, H, d)
+        return out.view(B, T, H, d).transpose(1, 2)
+    if reason is None and mask is None:
         out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                dropout_p=dropout if training else 0.0, causal=True)  # (B, T, H, d)
         return out.transpose(1, 2)
+    _notice_once(reason or "a padding mask is present")
     return sdpa_attention(q, k, v, mask, dropout, training)
 
 
@@ -132,8 +147,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
                 mask: torch.Tensor | None, cache: StaticKVCache | None = None, layer_index: int = 0,
-                offset: int = 0) -> torch.Tensor:
-        # x: (B, T, D); cos/sin: (B|1, 1, T, d) or None (absolute positions); mask: (B|1, 1, T, S)
+                offset: int = 0, packed: PackedRows | None = None) -> torch.Tensor:
+        # x: (B, T, D); cos/sin: (B|1, 1, T, d) or None (absolute positions); mask: (B|1, 1, T, S);
+        # packed: the sample boundaries of packed rows (the flash backend's variable-length kernel)
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, d)
@@ -142,7 +158,10 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer_index, k, v, offset)  # (B, Hkv, offset + T, d) views of the buffers
-        out = BACKENDS[self.backend](q, k, v, mask, self.dropout, self.training)  # (B, H, T, d)
+        if self.backend == "flash-attn2":
+            out = flash_attention(q, k, v, mask, self.dropout, self.training, packed)  # (B, H, T, d)
+        else:
+            out = BACKENDS[self.backend](q, k, v, mask, self.dropout, self.training)  # (B, H, T, d)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*d)
         return self.o_proj(out)  # (B, T, D)
 

@@ -20,13 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import Attention, build_attention_mask
+from .attention import Attention, build_attention_mask, flash_unavailable
 from .cache import StaticKVCache
 from .inference.generate import generate
 from .lora import LoRAAdapter, Projection, lora_state_dict, merge_lora, unmerge_lora
 from .mlp import GatedMLP
 from .moe import MoE
 from .norm import LayerNorm, RMSNorm
+from .packing import PackedRows
 from .positional import LearnedPositionEmbedding, RotaryEmbedding
 from .techniques.causal_lm import causal_lm_loss
 
@@ -71,9 +72,10 @@ class DecoderLayer(nn.Module):
         return y
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, mask: torch.Tensor | None,
-                cache: StaticKVCache | None, offset: int, token_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                cache: StaticKVCache | None, offset: int, token_mask: torch.Tensor | None,
+                packed: PackedRows | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         # x: (B, T, D) -> (B, T, D), aux loss () or None
-        x = x + self._branch(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, self.layer_index, offset))
+        x = x + self._branch(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, self.layer_index, offset, packed))
         h = self.post_attention_layernorm(x)  # (B, T, D)
         aux = None
         if isinstance(self.mlp, MoE):
@@ -99,7 +101,8 @@ class MiniMindModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
                 cache: StaticKVCache | None, offset: int, token_mask: torch.Tensor | None,
-                hidden_states: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                hidden_states: list[torch.Tensor] | None = None,
+                packed: PackedRows | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         # input_ids: (B, T), position_ids: (B, T) or (T,) -> normed hidden (B, T, D), summed aux loss () or None;
         # appends each layer's input (B, T, D) and the normed output to `hidden_states` when given
         x = self.embed_tokens(input_ids)  # (B, T, D)
@@ -113,7 +116,7 @@ class MiniMindModel(nn.Module):
         for layer in self.layers:
             if hidden_states is not None:
                 hidden_states.append(x)
-            x, aux = layer(x, cos, sin, mask, cache, offset, token_mask)
+            x, aux = layer(x, cos, sin, mask, cache, offset, token_mask, packed)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
         x = self.norm(x)  # (B, T, D)
@@ -159,16 +162,21 @@ class MiniMindForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 past_key_values: StaticKVCache | None = None, use_cache: bool = False, position_ids: torch.Tensor | None = None,
-                logits_to_keep: int = 0, output_hidden_states: bool = False) -> CausalLMOutput:
-        # input_ids: (B, T); attention_mask: (B, offset + T) 1 = token, 0 = padding; labels: (B, T) aligned with input_ids
+                logits_to_keep: int = 0, output_hidden_states: bool = False, packed: PackedRows | None = None) -> CausalLMOutput:
+        # input_ids: (B, T); attention_mask: (B, offset + T) 1 = token, 0 = padding; labels: (B, T) aligned with input_ids;
+        # packed: sample boundaries of packed rows (each sample attends to itself only, its positions from 0)
         B, T = input_ids.shape
+        if packed is not None and (past_key_values is not None or use_cache):
+            raise ValueError("packed rows are for training and scoring: no KV cache")
         cache = past_key_values
         if cache is None and use_cache:
             cache = self.new_cache(B, self.max_position_embeddings)
         offset = cache.length if cache is not None else 0
         if offset + T > self.max_position_embeddings:  # python ints: no graph break under torch.compile
             raise ValueError(f"{offset} + {T} tokens exceed max_position_embeddings ({self.max_position_embeddings})")
-        if position_ids is None:
+        if packed is not None:
+            position_ids = packed.position_ids  # (B, T), restarting at 0 per sample
+        elif position_ids is None:
             if attention_mask is not None:  # left padding: count only real tokens
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
             else:
@@ -176,10 +184,15 @@ class MiniMindForCausalLM(nn.Module):
         dtype = self.model.embed_tokens.weight.dtype
         if torch.is_autocast_enabled(input_ids.device.type):
             dtype = torch.get_autocast_dtype(input_ids.device.type)
-        mask = build_attention_mask(attention_mask, T, offset + T, offset, dtype)  # (B|1, 1, T, S) or None
+        if packed is None:
+            mask = build_attention_mask(attention_mask, T, offset + T, offset, dtype)  # (B|1, 1, T, S) or None
+        elif self._varlen_kernel(input_ids.device.type, dtype):
+            mask = None  # flash-attn's variable-length kernel takes the boundaries themselves
+        else:
+            mask = packed.attention_mask(dtype, attention_mask)  # (B, 1, T, T) block-diagonal causal
         token_mask = attention_mask[:, -T:] if attention_mask is not None else None  # (B, T)
         all_hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
-        hidden, aux = self.model(input_ids, position_ids, mask, cache, offset, token_mask, all_hidden)  # (B, T, D)
+        hidden, aux = self.model(input_ids, position_ids, mask, cache, offset, token_mask, all_hidden, packed)  # (B, T, D)
         if cache is not None:
             cache.advance(T)
         if logits_to_keep:
@@ -197,6 +210,11 @@ class MiniMindForCausalLM(nn.Module):
             loss=causal_lm_loss(logits, labels) if labels is not None else None,
             past_key_values=cache if use_cache else None,
         )
+
+    def _varlen_kernel(self, device_type: str, dtype: torch.dtype) -> bool:
+        """True when every layer's attention takes packed rows through flash-attn's variable-length kernel."""
+        layers = [layer.self_attn for layer in self.model.layers]
+        return all(attn.backend == "flash-attn2" for attn in layers) and flash_unavailable(device_type, dtype) is None
 
     def new_cache(self, batch_size: int, max_length: int, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> StaticKVCache:

@@ -105,10 +105,27 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class StageSettings:
+    """One stage's schedule and batch, each value from `techniques.<stage>`, else the global section
+    (optim, regularization, hyperparams.seq_len), else the stage's recipe (`stages.STAGES`), else the
+    global default; provenance under `training.stages.<stage>.<field>`."""
+
+    lr: float  # peak learning rate
+    min_lr_ratio: float
+    warmup: int
+    batch_size: int  # sequences (DPO: pairs) per optimizer step
+    micro_batch: int | None  # sequences per forward; None: each process's whole share of the batch
+    epochs: int
+    max_steps: int | None  # None: the epochs decide
+    seq_len: int
+    weight_decay: float
+    grad_clip: float | None
+
+
+@dataclass(frozen=True)
 class SFTConfig:
     enabled: bool
     datasets: tuple[str, ...]
-    epochs: int
 
 
 @dataclass(frozen=True)
@@ -138,7 +155,9 @@ class DistillConfig:
 class TrainingConfig:
     """How the spec says to train: the optimizer and each technique's settings."""
 
-    optim: OptimConfig
+    optim: OptimConfig  # the global values, as the spec (or the command line) sets them
+    stages: dict[str, StageSettings]  # what each stage kind runs with, by its name (stages.StageKind)
+    document_mask: bool  # pretraining rows isolate their documents
     sft: SFTConfig
     dpo: DPOConfig
     distill: DistillConfig
@@ -146,9 +165,13 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class TrainingOverrides:
-    """Values given on the command line; each wins over the spec and is recorded as `cli: --flag`."""
+    """Values given on the command line; each wins over the spec and is recorded as `cli: --flag`.
+    The schedule and batch values apply to every stage of the run."""
 
     lr: float | None = None
+    micro_batch: int | None = None
+    seq_len: int | None = None
+    document_mask: bool | None = None
     batch_size: int | None = None
     max_steps: int | None = None
     warmup: int | None = None

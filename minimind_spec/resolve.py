@@ -6,8 +6,11 @@ variant being built (`variant: MoE`). Variants are applied here: the base build 
 dense model; `variant="MoE"` makes every MLP a mixture of experts, and
 `variant="Flash Attention"` selects the flash-attn2 backend. Training values (optim,
 regularization, techniques) resolve the same way, and command-line overrides
-(`TrainingOverrides`) win over the spec, recorded as `cli: --flag`. Defaults are read from the
-schema models, never repeated here as numbers.
+(`TrainingOverrides`) win over the spec, recorded as `cli: --flag`. Each training stage's
+schedule and batch resolve per stage (`training.stages.<stage>.<field>`): the command line,
+else `techniques.<stage>`, else the global section when the spec sets it, else the stage's
+recipe from the registry (`recipe: dpo lr (trl DPOConfig default)`), else the global default.
+Defaults are read from the schema models and the registry, never repeated here as numbers.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from pydantic import BaseModel
 
 from .config import (
     AttentionBackendName, DistillConfig, DPOConfig, LoRAConfig, ModelConfig, MoEConfig, OptimConfig, ResolvedSpec, RopeConfig,
-    SFTConfig, TrainingConfig, TrainingOverrides,
+    SFTConfig, StageSettings, TrainingConfig, TrainingOverrides,
 )
 from .errors import Problem, SpecError, pointer
 from .schema import PROJECTIONS, Spec, YarnRopeScaling
+from .stages import STAGES, StageDefinition, StageKind
 from .suggest import did_you_mean
 
 
@@ -200,7 +204,64 @@ def _resolve_optim(spec: Spec, record: _Recorder, cli: TrainingOverrides) -> Opt
     )
 
 
-def _resolve_training(spec: Spec, record: _Recorder, cli: TrainingOverrides) -> TrainingConfig:
+# A stage field's global fallback: (spec section, its field); micro_batch and epochs have none.
+_GLOBAL_FIELDS = {
+    "lr": ("optim", "lr"), "min_lr_ratio": ("optim", "min_lr_ratio"), "warmup": ("optim", "warmup"),
+    "batch_size": ("optim", "batch_size"), "max_steps": ("optim", "max_steps"), "seq_len": ("hyperparams", "seq_len"),
+    "weight_decay": ("regularization", "weight_decay"), "grad_clip": ("regularization", "grad_clip"),
+}
+_STAGE_FLAGS = {"lr": "--lr", "warmup": "--warmup", "batch_size": "--batch-size", "micro_batch": "--micro-batch",
+                "epochs": "--epochs", "max_steps": "--max-steps", "seq_len": "--seq-len", "weight_decay": "--weight-decay",
+                "grad_clip": "--grad-clip"}
+_STAGE_FIELDS = tuple(f for f in StageSettings.__dataclass_fields__)
+
+
+def _stage_value(spec: Spec, definition: StageDefinition, name: str, record: _Recorder, cli: TrainingOverrides,
+                 adapters: bool) -> Any:
+    """One stage field: the command line, `techniques.<stage>`, the global section when the spec sets it,
+    the stage's recipe, the global default (see the module docstring)."""
+    kind = definition.kind.value
+    key = f"training.stages.{kind}.{name}"
+    section = getattr(spec.techniques, kind)
+    flag = _STAGE_FLAGS.get(name)
+    if flag is not None and getattr(cli, name) is not None:
+        return record.set(key, getattr(cli, name), f"cli: {flag}")
+    if name in section.model_fields_set and getattr(section, name) is not None:
+        return record.set(key, getattr(section, name), "spec:" + pointer("techniques", kind, name))
+    if name == "epochs":
+        sft = spec.techniques.sft
+        if definition.kind == StageKind.DISTILL and "epochs" in sft.model_fields_set:
+            return record.set(key, sft.epochs, "derived: techniques.sft.epochs (the fine-tuning passes)")
+        return record.set(key, sft.epochs if definition.kind == StageKind.SFT else 1, "default")
+    if name == "micro_batch":
+        return record.set(key, None, "default (each process's whole share of the batch in one forward)")
+    global_section, global_field = _GLOBAL_FIELDS[name]
+    section_model = getattr(spec, global_section)
+    if global_field in section_model.model_fields_set and getattr(section_model, global_field) is not None:
+        return record.set(key, getattr(section_model, global_field), "spec:" + pointer(global_section, global_field))
+    recipe = definition.recipe.value(name, adapters)
+    if recipe is not None:
+        lora = ", LoRA" if recipe is definition.recipe.lora_lr and name == "lr" else ""
+        return record.set(key, recipe.value, f"recipe: {kind} {name}{lora} ({recipe.anchor})")
+    return record.set(key, getattr(section_model, global_field), "default")
+
+
+def _resolve_stages(spec: Spec, record: _Recorder, cli: TrainingOverrides, max_positions: int,
+                    lora: bool) -> dict[str, StageSettings]:
+    stages = {}
+    for definition in STAGES:
+        adapters = lora and definition.adapter_mode
+        settings = StageSettings(**{name: _stage_value(spec, definition, name, record, cli, adapters) for name in _STAGE_FIELDS})
+        if settings.seq_len > max_positions:
+            where = record.provenance[f"training.stages.{definition.kind}.seq_len"]
+            raise SpecError(Problem(where.removeprefix("spec:") if where.startswith("spec:") else "",
+                                    f"the {definition.kind} stage's seq_len {settings.seq_len} ({where}) exceeds the model's "
+                                    f"{max_positions} positions", "lower it, or raise hyperparams.max_position_embeddings"))
+        stages[definition.kind] = settings
+    return stages
+
+
+def _resolve_training(spec: Spec, record: _Recorder, cli: TrainingOverrides, model: ModelConfig) -> TrainingConfig:
     tech = spec.techniques
     sft, spath = tech.sft, ("techniques", "sft")
     dpo, dpath = tech.dpo, ("techniques", "dpo")
@@ -216,10 +277,12 @@ def _resolve_training(spec: Spec, record: _Recorder, cli: TrainingOverrides) -> 
     record.set("training.distill.teacher_spec", str(teacher_spec) if teacher_spec else None, how)
     return TrainingConfig(
         optim=_resolve_optim(spec, record, cli),
+        stages=_resolve_stages(spec, record, cli, model.max_position_embeddings, model.lora is not None),
+        document_mask=record.take("training.document_mask", tech.pretrain, "doc_mask", ("techniques", "pretrain"),
+                                  cli=("--doc-mask", cli.document_mask)),
         sft=SFTConfig(
             enabled=record.take("training.sft.enabled", sft, "enabled", spath),
             datasets=tuple(record.take("training.sft.datasets", sft, "datasets", spath)),
-            epochs=record.take("training.sft.epochs", sft, "epochs", spath, cli=("--epochs", cli.epochs)),
         ),
         dpo=DPOConfig(
             enabled=record.take("training.dpo.enabled", dpo, "enabled", dpath),
@@ -249,6 +312,7 @@ def _resolve_training(spec: Spec, record: _Recorder, cli: TrainingOverrides) -> 
 # (field, flag, lowest allowed, whether the lowest itself is allowed, highest allowed (exclusive))
 _OVERRIDE_BOUNDS = (
     ("lr", "--lr", 0.0, False, None), ("batch_size", "--batch-size", 1, True, None), ("max_steps", "--max-steps", 1, True, None),
+    ("micro_batch", "--micro-batch", 1, True, None), ("seq_len", "--seq-len", 1, True, None),
     ("warmup", "--warmup", 0, True, None), ("weight_decay", "--weight-decay", 0.0, True, None),
     ("grad_clip", "--grad-clip", 0.0, False, None), ("label_smoothing", "--label-smoothing", 0.0, True, 1.0),
     ("epochs", "--epochs", 1, True, None), ("dpo_beta", "--dpo-beta", 0.0, False, None),
@@ -283,7 +347,7 @@ def resolve(spec: Spec, variant: str | None = None, overrides: TrainingOverrides
     if problems:
         raise SpecError(problems)
     model = _resolve_model(spec, variant, record, overrides)
-    training = _resolve_training(spec, record, overrides)
+    training = _resolve_training(spec, record, overrides, model)
     origin = spec.origin
     return ResolvedSpec(
         name=spec.model_name, variant=variant, model=model, spec=spec, training=training, provenance=record.provenance,

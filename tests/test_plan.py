@@ -44,7 +44,7 @@ def test_card_stages_in_order_with_lora_as_the_adapter_mode(card):
 
 def test_card_recipes_fill_what_the_spec_leaves_out(card):
     sft = build_plan(card).stages[1]
-    assert sft.batch_size == 8 and sft.provenance["batch_size"] == "card recipe: SFT batch 8"
+    assert sft.batch_size == 8 and sft.provenance["batch_size"] == "recipe: sft batch_size (the card's SFT recipe)"
     assert sft.seq_len == 1024 and sft.provenance["seq_len"] == "spec:/hyperparams/seq_len"  # the spec says it: the spec wins
     assert sft.warmup == 100 and sft.provenance["warmup"] == "spec:/optim/warmup"
     assert sft.epochs == 3 and sft.provenance["epochs"] == "spec:/techniques/sft/epochs"
@@ -53,14 +53,14 @@ def test_card_recipes_fill_what_the_spec_leaves_out(card):
 def test_dpo_takes_the_recipe_grad_clip_when_the_spec_is_silent(write_spec):
     tiny = write_spec(techniques={"dpo": {"enabled": True}}, regularization={"weight_decay": 0.0})
     dpo = build_plan(resolve(load_spec(tiny))).stages[-1]
-    assert dpo.kind == "dpo" and dpo.grad_clip == 1.0 and dpo.provenance["grad_clip"] == "card recipe: DPO grad_clip 1.0"
+    assert dpo.kind == "dpo" and dpo.grad_clip == 1.0 and dpo.provenance["grad_clip"] == "recipe: dpo grad_clip (the card's DPO recipe)"
     clipped = write_spec(techniques={"dpo": {"enabled": True}}, regularization={"grad_clip": 0.5}, name="clipped.json")
     assert build_plan(resolve(load_spec(clipped))).stages[-1].provenance["grad_clip"] == "spec:/regularization/grad_clip"
 
 
 def test_command_line_overrides_show_as_cli(card, tmp_path):
-    resolved = resolve(load_spec(SPEC), overrides=TrainingOverrides(lr=3e-4, batch_size=16))
-    plan = build_plan(resolved, PlanInputs(micro_batch=4))
+    resolved = resolve(load_spec(SPEC), overrides=TrainingOverrides(lr=3e-4, batch_size=16, micro_batch=4))
+    plan = build_plan(resolved)
     sft = plan.stages[1]
     assert (sft.lr, sft.batch_size, sft.micro_batch, sft.grad_accumulation) == (3e-4, 16, 4, 4)
     assert sft.provenance["lr"] == "cli: --lr" and sft.provenance["batch_size"] == "cli: --batch-size"
@@ -107,7 +107,7 @@ def test_steps_from_the_data_file_size(card, tmp_path):
 
 def test_micro_batch_must_divide_the_batch(card):
     with pytest.raises(SpecError) as error:
-        build_plan(card, PlanInputs(micro_batch=3))
+        build_plan(resolve(load_spec(SPEC), overrides=TrainingOverrides(micro_batch=3)))
     assert "does not divide" in error.value.problems[0].message
 
 

@@ -49,7 +49,9 @@ def test_training_values_come_from_optim_regularization_and_techniques(card):
     assert card.provenance["training.optim.weight_decay"] == "spec:/regularization/weight_decay"
     assert optim.min_lr_ratio == 0.1 and card.provenance["training.optim.min_lr_ratio"] == "default"
     assert optim.batch_size == 8 and card.provenance["training.optim.batch_size"] == "default"
-    assert card.training.sft.epochs == 3 and card.training.sft.datasets == ("reasoning_data",)
+    assert card.training.stages["sft"].epochs == 3 and card.training.sft.datasets == ("reasoning_data",)
+    assert card.provenance["training.stages.sft.epochs"] == "spec:/techniques/sft/epochs"
+    assert card.training.stages["distill"].epochs == 3  # distillation passes over the fine-tuning data as often
     assert card.training.dpo.beta == 0.1 and card.training.distill.temperature == 2.0
     assert card.training.distill.alpha == 0.5 and card.provenance["training.distill.alpha"] == "default"
 
@@ -64,7 +66,8 @@ def test_command_line_overrides_win_and_say_so():
     resolved = resolve(load_spec(SPEC), overrides=overrides)
     optim = resolved.training.optim
     assert (optim.lr, optim.batch_size, optim.max_steps, optim.grad_clip) == (3e-4, 16, 50, 0.5)
-    assert resolved.training.sft.epochs == 1 and resolved.training.dpo.beta == 0.5
+    assert all(settings.epochs == 1 and settings.lr == 3e-4 for settings in resolved.training.stages.values())  # every stage
+    assert resolved.training.dpo.beta == 0.5 and resolved.provenance["training.stages.dpo.lr"] == "cli: --lr"
     assert resolved.provenance["training.optim.lr"] == "cli: --lr"
     assert resolved.provenance["training.dpo.beta"] == "cli: --dpo-beta"
     assert resolved.provenance["training.optim.warmup"] == "spec:/optim/warmup"  # not overridden: the spec's

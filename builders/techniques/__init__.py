@@ -1,13 +1,17 @@
 """Training objectives as pure functions on tensors (no modules, no optimizer state).
 
-They take model outputs (logits, masks, weights) and return losses or log-probabilities,
-so a training stage picks its objective without the training loop changing:
+They take model outputs (logits, masks, weights) and return losses or log-probabilities; the
+`*_sum` forms return a loss sum and the count it is normalised by, which training divides
+only once per step (over all micro-batches and processes). A training stage picks its
+objective without the training loop changing:
 `causal_lm` (pretraining, SFT), `dpo` (preference pairs), `distill` (teacher logits).
 """
 
-from .causal_lm import IGNORE_INDEX, causal_lm_loss, sequence_log_probs, shift_labels, token_log_probs
-from .distill import DISTILL_KINDS, divergence_per_token, distill_loss
+from .causal_lm import (IGNORE_INDEX, causal_lm_loss, causal_lm_loss_sum, sequence_log_probs, shift_labels, token_log_probs,
+                        trained_weights)
+from .distill import DISTILL_KINDS, distill_loss, distill_loss_sum, divergence_per_token
 from .dpo import DPO_LOSS_TYPES, dpo_loss
 
-__all__ = ["DISTILL_KINDS", "DPO_LOSS_TYPES", "IGNORE_INDEX", "causal_lm_loss", "distill_loss", "divergence_per_token",
-           "dpo_loss", "sequence_log_probs", "shift_labels", "token_log_probs"]
+__all__ = ["DISTILL_KINDS", "DPO_LOSS_TYPES", "IGNORE_INDEX", "causal_lm_loss", "causal_lm_loss_sum", "distill_loss",
+           "distill_loss_sum", "divergence_per_token", "dpo_loss", "sequence_log_probs", "shift_labels", "token_log_probs",
+           "trained_weights"]

@@ -7,10 +7,12 @@ with D_t, by `kind`:
 - "KL":         T^2 * KL(softmax(teacher_t / T) || softmax(student_t / T))  (forward KL)
 - "reverse_KL": T^2 * KL(softmax(student_t / T) || softmax(teacher_t / T))
 - "MSE":        mean over the vocabulary of (student_t - teacher_t)^2 on raw logits
-The T^2 factor keeps the soft term's gradient scale independent of T. The loss is the weighted
-mean sum_t w_t l_t / sum_t w_t over the trained tokens, so `token_weights` (B, T), aligned with
-the inputs like the labels (e.g. 0.5 on the tokens of `<think>` spans), weight both terms of the
-token they sit on; with none every trained token counts 1.
+The T^2 factor keeps the soft term's gradient scale independent of T. `distill_loss_sum` gives
+sum_t w_t l_t over the trained tokens and its count sum_t w_t (training divides the sum of a
+whole step by the step's count); `distill_loss` is their ratio, the weighted mean. The
+`token_weights` (B, T), aligned with the inputs like the labels (e.g. 0.5 on the tokens of
+`<think>` spans), weight both terms of the token they sit on; with none every trained token
+counts 1.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .causal_lm import IGNORE_INDEX, shift_labels
+from .causal_lm import IGNORE_INDEX, shift_labels, trained_weights
 
 DistillKind = Literal["KL", "reverse_KL", "MSE"]
 DISTILL_KINDS: tuple[str, ...] = ("KL", "reverse_KL", "MSE")
@@ -43,23 +45,31 @@ def divergence_per_token(student_logits: torch.Tensor, teacher_logits: torch.Ten
     return kl * temperature**2
 
 
-def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
-                 alpha: float, token_weights: torch.Tensor | None = None, kind: DistillKind = "KL",
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The weighted mean loss over trained tokens, and its parts {"ce", "soft"} (weighted means, detached)."""
+def distill_loss_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+                     alpha: float, token_weights: torch.Tensor | None = None, kind: DistillKind = "KL",
+                     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(the weighted sum of the per-token loss over trained tokens, the sum of the weights, and the
+    parts' weighted sums {"ce", "soft"}, detached)."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
                          "differ: teacher and student must share the tokenizer")
     if temperature <= 0 or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"temperature must be > 0 and alpha in [0, 1], got {temperature} and {alpha}")
     targets = shift_labels(labels)  # (B, T)
-    trained = targets != IGNORE_INDEX  # (B, T)
     ce = F.cross_entropy(student_logits.float().reshape(-1, student_logits.shape[-1]), targets.reshape(-1),
                          ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)  # (B, T)
     soft = divergence_per_token(student_logits, teacher_logits, temperature, kind)  # (B, T)
     # token_weights are aligned with the inputs, like labels: the weight of the token predicted at t is token_weights[t + 1]
-    weights = trained.float() if token_weights is None else shift_labels(token_weights.float()).clamp(min=0.0) * trained
-    total = weights.sum().clamp(min=1e-12)
-    loss = (weights * (alpha * ce + (1 - alpha) * soft)).sum() / total
-    parts = {"ce": ((weights * ce).sum() / total).detach(), "soft": ((weights * soft).sum() / total).detach()}
-    return loss, parts
+    weights = trained_weights(labels, token_weights)  # (B, T)
+    total = (weights * (alpha * ce + (1 - alpha) * soft)).sum()
+    parts = {"ce": (weights * ce).sum().detach(), "soft": (weights * soft).sum().detach()}
+    return total, weights.sum(), parts
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+                 alpha: float, token_weights: torch.Tensor | None = None, kind: DistillKind = "KL",
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted mean loss over trained tokens, and its parts {"ce", "soft"} (weighted means, detached)."""
+    total, count, parts = distill_loss_sum(student_logits, teacher_logits, labels, temperature, alpha, token_weights, kind)
+    count = count.clamp(min=1e-12)
+    return total / count, {name: value / count for name, value in parts.items()}

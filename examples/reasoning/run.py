@@ -50,8 +50,9 @@ from minimind_spec.engine.data.records import Conversation, Turn  # noqa: E402
 from minimind_spec.engine.data.token_cache import build_token_cache  # noqa: E402
 from minimind_spec.engine.data.tokenizer import load_tokenizer  # noqa: E402
 from minimind_spec.engine.export import load_model  # noqa: E402
-from minimind_spec.engine.model_dir import find_model  # noqa: E402
-from minimind_spec.engine.train.preference import PreferenceRunner  # noqa: E402
+from minimind_spec.model_files import find_model  # noqa: E402
+from minimind_spec.engine.train.stages.batches import collate_pairs  # noqa: E402
+from minimind_spec.metrics import read_metrics, series  # noqa: E402
 from builders.techniques import sequence_log_probs  # noqa: E402
 
 ANSWER = re.compile(r"The answer is (-?\d+)")
@@ -76,8 +77,8 @@ def train(out: Path, spec: str, name: str, *flags: str) -> Path:
     return run_dir
 
 
-def metrics(run_dir: Path, stage: str) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / stage / "metrics.jsonl").read_text().splitlines()]
+def metrics(run_dir: Path, stage: str) -> list:
+    return read_metrics(run_dir / stage / "metrics.jsonl")
 
 
 @torch.no_grad()
@@ -104,14 +105,14 @@ def exact_match(model_path: Path, tokenizer, problems: list[dict], batch: int = 
 
 
 @torch.no_grad()
-def pair_log_probs(model_path: Path, runner: PreferenceRunner) -> np.ndarray:
+def pair_log_probs(model_path: Path, cache, pad_id: int) -> np.ndarray:  # noqa: ANN001
     """(pairs, 2) summed log-probs of the chosen and rejected responses."""
     files = find_model(model_path)
     model = load_model(files.config, files.weights).eval()
-    pairs = np.arange(len(runner.cache) // 2).tolist()
+    pairs = np.arange(len(cache) // 2).tolist()
     out = []
     for start in range(0, len(pairs), 32):
-        batch = runner.batch(pairs[start:start + 32], "cpu")
+        batch = collate_pairs(cache, pairs[start:start + 32], pad_id, "cpu")
         out.append(sequence_log_probs(model(batch.input_ids).logits, batch.labels).view(-1, 2).double().numpy())
     return np.concatenate(out)
 
@@ -119,8 +120,8 @@ def pair_log_probs(model_path: Path, runner: PreferenceRunner) -> np.ndarray:
 def expert_cv(run_dir: Path, last: int = 50) -> tuple[float, float, float]:
     """(mean load CV over the last steps, the worst layer's mean CV, the least-loaded expert's share of fair) ."""
     rows = metrics(run_dir, "pretrain")[-last:]
-    per_layer = np.mean([row["expert_load_cv_per_layer"] for row in rows], axis=0)
-    tokens = np.sum([row["expert_tokens"] for row in rows], axis=0)  # (layers, E)
+    per_layer = np.mean([row.get("expert_load_cv_per_layer") for row in rows], axis=0)
+    tokens = np.sum([row.get("expert_tokens") for row in rows], axis=0)  # (layers, E)
     fair = tokens.sum(axis=1, keepdims=True) / tokens.shape[1]
     return float(per_layer.mean()), float(per_layer.max()), float((tokens / fair).min())
 
@@ -136,8 +137,7 @@ def plot(out: Path, runs: dict[str, Path]) -> list[Path]:
         return []
 
     def curve(ax, run_dir, stage, key, label):  # noqa: ANN001, ANN202
-        rows = [r for r in metrics(run_dir, stage) if key in r]
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=label)
+        ax.plot(*series(metrics(run_dir, stage), key), label=label)
 
     written = []
     fig, axes = plt.subplots(1, 4, figsize=(20, 4))
@@ -207,8 +207,7 @@ def main() -> None:
     problems = [json.loads(line) for line in (data / "eval.jsonl").read_text().splitlines()]
     accuracy = {name: exact_match(runs[name], tokenizer, problems) for name in ("base", "sft", "dpo", "teacher", "distill", "lora")}
     cache = build_token_cache(data / "eval_pairs.jsonl", tokenizer, "preference", out / "cache", max_length=128)
-    runner = PreferenceRunner("dpo", cache, tokenizer.pad_id, DPO_BETA, "sigmoid", "precomputed", max_eval_rows=0)
-    logps = {name: pair_log_probs(runs[name], runner) for name in ("sft", "dpo")}
+    logps = {name: pair_log_probs(runs[name], cache, tokenizer.pad_id) for name in ("sft", "dpo")}
     preference = {name: float((lp[:, 0] > lp[:, 1]).mean()) for name, lp in logps.items()}
     ratio = logps["dpo"] - logps["sft"]  # the DPO policy against its reference, the SFT model
     margins = DPO_BETA * (ratio[:, 0] - ratio[:, 1])
@@ -223,8 +222,8 @@ def main() -> None:
         "dpo_heldout_reward_accuracy": float((margins > 0).mean()),
         "expert_load": {name: {"mean_cv": m, "worst_layer_cv": w, "least_expert_share_of_fair": s}
                         for name, (m, w, s) in moe.items()},
-        "final_loss": {"sft": metrics(runs["sft"], "sft")[-1]["loss"], "lora": lora_rows[-1]["loss"],
-                       "distill_lm": metrics(runs["distill"], "distill")[-1]["lm_loss"]},
+        "final_loss": {"sft": metrics(runs["sft"], "sft")[-1].loss, "lora": lora_rows[-1].loss,
+                       "distill_lm": metrics(runs["distill"], "distill")[-1].get("lm_loss")},
         "lora_targets": [v for k, v in trained.items() if k.startswith("model.lora.targets")],
         "train_seconds": {name: float((path / ".done").read_text()) for name, path in runs.items()},
     }

@@ -64,7 +64,7 @@ def export_command(
     `minimind-spec export runs/tiny/sft/checkpoints/step-00000040 --out models/tiny-step40`.
     """
     from ..engine.export import export_model
-    from ..engine.model_dir import find_model
+    from ..model_files import find_model
 
     found = find_model(source)
     written = export_model(found.config, found.weights, out, lora, extra_files=found.tokenizer_files, layout=layout)
@@ -99,7 +99,7 @@ def lora_merge(
     from ..engine.export import load_model, read_model_config
     from ..engine.writer import save_model_dir
     from ..engine.lora_io import merge_model, with_adapter
-    from ..engine.model_dir import find_model
+    from ..model_files import find_model
 
     found = find_model(source)
     resolved = read_model_config(found.config)

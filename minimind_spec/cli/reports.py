@@ -88,7 +88,7 @@ def print_build_report(result: BuildResult, source: str) -> None:
 
 def write_build_outputs(result: BuildResult, out: Path, device: str, seed: int, weights: Any = None) -> list[Path]:
     """resolved.json and graph.json always; weights and config.json when the back end is installed.
-    `weights` (an `engine.model_dir.ModelFiles`, already checked to fit) replaces the seeded init.
+    `weights` (an `model_files.ModelFiles`, already checked to fit) replaces the seeded init.
     Everything is written into a temporary directory beside `out` first and moved in only when
     all of it succeeded: an error leaves `out` as it was."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -137,7 +137,7 @@ def build(
     trained = None
     if weights is not None:
         from ..engine.export import check_weights_fit
-        from ..engine.model_dir import find_model
+        from ..model_files import find_model
 
         trained = find_model(weights)
         check_weights_fit(result.resolved, trained.config)

@@ -15,7 +15,7 @@ from typing import Any
 
 _EXPORTS = {
     "assemble": "compile", "compile_graph": "compile", "compile_model": "compile", "materialize": "compile",
-    "load_model_files": "export", "write_model_files": "export", "from_pretrained": "model_dir", "find_model": "model_dir",
+    "load_model_files": "export", "write_model_files": "export", "from_pretrained": "export", "find_model": "export",
     "TrainableSummary": "trainability", "parameters_by_role": "trainability", "set_trainable": "trainability",
 }
 

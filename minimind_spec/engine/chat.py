@@ -1,7 +1,7 @@
 """Text in, text out from a trained run: find the model directory in a run, load the model
 and the tokenizer saved beside it, and generate (with the ChatML template for chat models).
 
-The model is found by `model_dir.find_model`: a run directory (its newest finished stage), a
+The model is found by `model_files.find_model`: a run directory (its newest finished stage), a
 stage directory, a checkpoint, or a model directory.
 """
 
@@ -16,7 +16,7 @@ from .data.chatml import render
 from .data.records import Conversation, Turn
 from .data.tokenizer import load_tokenizer
 from .export import load_model
-from .model_dir import find_model
+from ..model_files import find_model
 
 def generate_text(path: Path, prompt: str, *, chat: bool, tokenizer_dir: Path | None = None, max_new_tokens: int = 64,
                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, device: str = "cpu") -> str:

@@ -1,5 +1,5 @@
 """Model directories in and out: `write_model_files` (a spec's seeded or trained weights),
-`read_model_config` / `load_weights_into` / `load_model` (rebuild a model from its directory,
+`read_model_config` / `load_weights_into` / `load_model` / `from_pretrained` (rebuild a model from its directory,
 in our layout or the Hugging Face one), `check_weights_fit`, and `export_model` (a trained
 model as the Hugging Face architecture that computes it exactly). The file format itself is
 `writer`'s; weights are safetensors only: nothing here unpickles anything.
@@ -18,9 +18,11 @@ import torch
 from ..config import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig, value_changes, weight_values
 from ..errors import InputError, Problem, SpecError
 from .compile import compile_model
-from .data.tokenizer import TOKENIZER_FILE, load_tokenizer
+from ..model_files import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, find_model
+from .data.tokenizer import load_tokenizer
 from .hf_layout import from_hf, hf_mismatches, in_hf_layout
-from .writer import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, save_model_dir
+from .model_io import with_tied_head
+from .writer import FORMAT_VERSION, save_model_dir
 
 REMOVED_IN_VERSION_2 = ("label_smoothing", "static_kv_cache")
 
@@ -152,11 +154,10 @@ def load_weights_into(model: torch.nn.Module, weights: Path, fresh_adapters: boo
         state = {k: v for k, v in state.items() if k[:-len(".A")] not in reshaped or not k.endswith((".lora.A", ".lora.B"))}
         fresh_adapters = True
     try:
-        result = model.load_state_dict(state, strict=False)
+        result = model.load_state_dict(with_tied_head(model, state), strict=False)
     except RuntimeError as exc:  # shapes that do not fit
         raise InputError(f"{weights} does not fit this model: {str(exc).splitlines()[-1].strip()}") from exc
-    missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and getattr(model, "tie_word_embeddings", False))
-               and not (fresh_adapters and k.endswith((".lora.A", ".lora.B")))]
+    missing = [k for k in result.missing_keys if not (fresh_adapters and k.endswith((".lora.A", ".lora.B")))]
     if missing or result.unexpected_keys:
         raise InputError(f"{weights} does not fit this model: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}")
     if hasattr(model, "tie_weights"):
@@ -168,6 +169,13 @@ def load_model(config_path: Path, weights: Path, device: str = "cpu") -> torch.n
     model = compile_model(read_model_config(config_path), device=device)
     load_weights_into(model, weights)
     return model
+
+
+def from_pretrained(path: Path, device: str = "cpu") -> torch.nn.Module:
+    """The model at `path` (a directory `save_pretrained` or `export` wrote, a run, a stage or a
+    checkpoint: see `model_files.find_model`), rebuilt from its config with its weights."""
+    files = find_model(path)
+    return load_model(files.config, files.weights, device=device)
 
 
 def load_model_files(out_dir: Path, device: str = "cpu") -> torch.nn.Module:

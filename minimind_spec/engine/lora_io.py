@@ -109,9 +109,9 @@ def with_adapter(base_model: nn.Module, base: ResolvedSpec, adapter_dir: Path) -
     model = compile_model(resolved, device=str(next(base_model.parameters()).device))
     state = {k: v for k, v in base_model.state_dict().items()}
     missing = model.load_state_dict({**state, **tensors}, strict=False)
-    absent = [k for k in missing.missing_keys if not (k == "lm_head.weight" and base.model.tie_word_embeddings)]
-    if absent or missing.unexpected_keys:
-        raise InputError(f"{adapter_dir} does not fit the base: missing {absent[:4]}, unexpected {missing.unexpected_keys[:4]}")
+    if missing.missing_keys or missing.unexpected_keys:
+        raise InputError(f"{adapter_dir} does not fit the base: missing {missing.missing_keys[:4]}, "
+                         f"unexpected {missing.unexpected_keys[:4]}")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     return model, resolved

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig, ResolvedSpec
+from ..model_files import CONFIG_FILE, WEIGHTS_FILE
 from .hf_layout import QWEN2_MOE, hf_architecture, qwen2_moe_keys, to_hf
+from .model_io import model_tensors, write_tensors
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 FORMAT_VERSION = 2  # 2: ModelConfig without label_smoothing and static_kv_cache (version 1 files still load)
 INIT_STD = 0.02  # the initial weights' standard deviation (compile), recorded as initializer_range
 
@@ -92,8 +92,6 @@ def save_model_dir(model: torch.nn.Module, resolved: ResolvedSpec, out_dir: Path
     a temporary directory inside `out_dir` and then renamed into place, weights first and
     config.json last, so no file is ever half-written and an error before the renames leaves
     the directory as it was (a crash between renames can leave new weights beside an old config)."""
-    from safetensors.torch import save_file
-
     if any(getattr(module, "merged", False) for module in model.modules()):
         raise ValueError("the model's LoRA adapters are merged into its weights (merge_lora): saving both would apply them "
                          "twice; unmerge_lora(model) first, or write the dense model (`minimind-spec lora merge`)")
@@ -108,12 +106,10 @@ def save_model_dir(model: torch.nn.Module, resolved: ResolvedSpec, out_dir: Path
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         names = [CONFIG_FILE]
         if not on_meta:
-            state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-            if resolved.model.tie_word_embeddings:
-                state.pop("lm_head.weight")  # shared with model.embed_tokens.weight
+            state = model_tensors(model)  # a tied lm_head once
             if hf_layout:
                 state = to_hf(state, resolved.model)
-            save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "name": resolved.name})
+            write_tensors(state, staging / WEIGHTS_FILE, metadata={"format": "pt", "name": resolved.name})
             names.append(WEIGHTS_FILE)
         for extra in extra_files:
             shutil.copy(extra, staging / extra.name)

@@ -3,6 +3,10 @@
 LoRA is part of the module graph (its adapters are modules of the compiled model) and the
 distillation settings are resolved (teacher spec, reasoning-token masking); the cross-field
 rules check every section. The remaining techniques are validated and shown by `explain`.
+
+Every training stage's section (`techniques.pretrain`, `.sft`, `.distill`, `.dpo`) may also
+set that stage's own schedule and batch (`StageFields`: lr, warmup, batch_size, ...), which
+override the global `optim` / `regularization` / `hyperparams.seq_len` for that stage only.
 """
 
 from __future__ import annotations
@@ -35,6 +39,34 @@ class Optim(SpecModel):
     batch_size: PositiveInt = Field(default=8, description="Sequences per optimizer step (the card's recipes use 8).")
 
 
+class StageFields(SpecModel):
+    """One stage's own schedule and batch; each unset field falls back to the global section, then to
+    the stage's documented recipe default (see `minimind_spec.stages`)."""
+
+    lr: PositiveFloat | None = Field(default=None, description="Peak learning rate of this stage (overrides optim.lr).")
+    min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
+        default=None, description="Where this stage's decay ends, as a share of its peak lr (overrides optim.min_lr_ratio).")
+    warmup: NonNegativeInt | None = Field(default=None, description="Linear warmup steps of this stage (overrides optim.warmup).")
+    batch_size: PositiveInt | None = Field(default=None, description="Sequences (DPO: pairs) per optimizer step of this stage "
+                                                                     "(overrides optim.batch_size).")
+    micro_batch: PositiveInt | None = Field(default=None, description="Sequences per forward pass; the rest of the batch is "
+                                                                      "gradient accumulation (a memory knob: the result does not change).")
+    epochs: PositiveInt | None = Field(default=None, description="Passes over this stage's data when max_steps is not set.")
+    max_steps: PositiveInt | None = Field(default=None, description="Optimizer steps of this stage (overrides optim.max_steps).")
+    seq_len: Annotated[int, Field(gt=0, le=1_048_576)] | None = Field(
+        default=None, description="Row length in tokens of this stage (overrides hyperparams.seq_len; at most the model's positions).")
+    weight_decay: Annotated[float, Field(ge=0.0)] | None = Field(
+        default=None, description="AdamW weight decay of this stage (overrides regularization.weight_decay).")
+    grad_clip: PositiveFloat | None = Field(default=None, description="Gradient-norm clip of this stage (overrides "
+                                                                      "regularization.grad_clip).")
+
+
+class Pretrain(StageFields):
+    doc_mask: bool = Field(default=False, description="Isolate the documents of a pretraining row (each attends to itself only, "
+                                                      "positions from 0, as Llama 3 does); off: attention runs across documents, "
+                                                      "as nanoGPT and MiniMind pretrain.")
+
+
 class LoRA(SpecModel):
     enabled: bool = Field(default=False, description="Attach LoRA adapters and train only them.")
     placements: list[NonEmptyStr] = Field(
@@ -49,14 +81,14 @@ class LoRA(SpecModel):
     )
 
 
-class SFT(SpecModel):
+class SFT(StageFields):
     enabled: bool = Field(default=False, description="Run supervised fine-tuning.")
     datasets: list[NonEmptyStr] = Field(default=[], description="Dataset names; at least one when enabled.")
     loss: Literal["cross_entropy"] = Field(default="cross_entropy", description="SFT objective.")
-    epochs: PositiveInt = Field(default=1, description="Passes over the data.")
+    epochs: PositiveInt = Field(default=1, description="Passes over the data (distillation's too, unless it sets its own).")
 
 
-class DPO(SpecModel):
+class DPO(StageFields):
     enabled: bool = Field(default=False, description="Run direct preference optimisation.")
     beta: PositiveFloat = Field(default=0.1, description="DPO temperature beta.")
     reference_model: NonEmptyStr = Field(default="base_model", description="Frozen reference policy; 'base_model' is the model before DPO.")
@@ -64,7 +96,7 @@ class DPO(SpecModel):
     loss: Literal["sigmoid", "hinge", "ipo"] = Field(default="sigmoid", description="DPO loss variant.")
 
 
-class Distill(SpecModel):
+class Distill(StageFields):
     enabled: bool = Field(default=False, description="Distil from a teacher model.")
     type: Literal["logit", "hidden"] = Field(default="logit", description="Match output logits or hidden states.")
     teacher: NonEmptyStr = Field(default="larger_model", description="Teacher name; resolved to `<name>.json` beside the spec unless teacher_spec is set.")
@@ -92,6 +124,7 @@ class Quant(SpecModel):
 
 
 class Techniques(SpecModel):
+    pretrain: Pretrain = Field(default_factory=Pretrain, description="Pretraining: its own schedule and batch, document masking.")
     lora: LoRA = Field(default_factory=LoRA, description="Low-rank adapters.")
     sft: SFT = Field(default_factory=SFT, description="Supervised fine-tuning.")
     dpo: DPO = Field(default_factory=DPO, description="Direct preference optimisation.")

@@ -28,7 +28,8 @@ from ..errors import InputError
 from ..loader import load_document, load_spec, merge_patch
 from ..plan import PlanInputs, build_plan
 from ..resolve import resolve
-from .task import STAGES, Task
+from ..stages import STAGE_ORDER, STAGES, StageKind
+from .task import Task
 
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")  # an ablation's name names its spec file and run directories
@@ -78,17 +79,19 @@ def family_of(changed_keys: list[str]) -> str:
     return "other"
 
 
+def _first_stage_of(key: str) -> int:
+    """The index (in the registry's order) of the first stage a changed resolved value reaches."""
+    if key.startswith("model.lora"):  # the adapters train in the adapter-mode stages only
+        return next(i for i, d in enumerate(STAGES) if d.adapter_mode)
+    for i, definition in enumerate(STAGES):
+        if key.startswith((f"training.stages.{definition.kind}.", f"training.{definition.kind}.")):
+            return i
+    return 0  # the model itself, the global optimizer, pretraining's row layout: every stage
+
+
 def first_changed_stage(changed_keys: list[str]) -> str:
     """The first stage whose training an ablation changes; the stages before it are the base's."""
-    if any(k.startswith(("model.", "training.optim")) and not k.startswith("model.lora") for k in changed_keys):
-        return "pretrain"
-    if any(k.startswith(("model.lora", "training.sft")) for k in changed_keys):
-        return "sft"
-    if any(k.startswith("training.distill") for k in changed_keys):
-        return "distill"
-    if any(k.startswith("training.dpo") for k in changed_keys):
-        return "dpo"
-    return "pretrain"
+    return str(STAGE_ORDER[min((_first_stage_of(k) for k in changed_keys), default=0)])
 
 
 def claims_for(family: str, base: ResolvedSpec, ablation: ResolvedSpec) -> tuple[Claim, ...]:
@@ -170,12 +173,12 @@ class Ablation:
     @property
     def measured_after(self) -> str:
         """The family's stage, or the first stage the ablation changes when that comes later."""
-        return max(self.family.measured_after, self.first_stage, key=STAGES.index)
+        return max(self.family.measured_after, self.first_stage, key=STAGE_ORDER.index)
 
     @property
     def stages(self) -> tuple[str, ...]:
         """The stages this ablation trains itself (the earlier ones are the base's)."""
-        return STAGES[STAGES.index(self.first_stage):STAGES.index(self.measured_after) + 1]
+        return tuple(STAGE_ORDER[STAGE_ORDER.index(self.first_stage):STAGE_ORDER.index(self.measured_after) + 1])
 
 
 def _leaves(value: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -229,7 +232,7 @@ def _paper_lines(base: Path, ablation: Path) -> tuple[str, ...]:
 
 def trainable_percent(resolved: ResolvedSpec, stage: str) -> float:
     """The share of parameters a stage trains, from the plan (no weights needed)."""
-    plan = build_plan(resolved, PlanInputs(data={}, stages=(stage,)))  # type: ignore[arg-type]
+    plan = build_plan(resolved, PlanInputs(data={}, stages=(StageKind(stage),)))
     planned = next(s for s in plan.stages if s.kind == stage)
     return 100.0 * planned.trainable_params / planned.total_params
 

@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InputError
+from ..metrics import read_metrics
+from ..stages import STAGE_ORDER, stage
 from .design import Ablation, spec_digest
-from .task import STAGES, Budget, Task
+from .task import Budget, Task
 
-DATA_FLAG = {"pretrain": ("--pretrain-data", "pretrain.jsonl"), "sft": ("--sft-data", "sft.jsonl"),
-             "distill": ("--distill-data", "sft.jsonl"), "dpo": ("--dpo-data", "pairs.jsonl")}
+DATA_FILES_BY_RECORDS = {"pretrain": "pretrain.jsonl", "conversation": "sft.jsonl", "preference": "pairs.jsonl"}
 DONE_FILE = "done.json"
+ENGINE = 2  # in every run's key: runs trained by an earlier engine (2: isolated packing, per-stage settings) train afresh
 STAMP_FILE = "made_by.json"  # in OUT/data: the task command that made the data
 DATA_FILES = ("pretrain.jsonl", "sft.jsonl", "pairs.jsonl", "eval.jsonl", "eval_pairs.jsonl", "heldout_text.jsonl")
 
@@ -50,7 +52,7 @@ class StageRun:
 
     @cached_property
     def key(self) -> str:
-        parts = {"spec": spec_digest(self.spec), "variant": self.variant, "stage": self.stage, "seed": self.seed,
+        parts = {"engine": ENGINE, "spec": spec_digest(self.spec), "variant": self.variant, "stage": self.stage, "seed": self.seed,
                  "steps": self.steps, "data": self.data_digest, "init": self.init.key if self.init else None,
                  "teacher": self.teacher.key if self.teacher else None}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
@@ -58,6 +60,11 @@ class StageRun:
     @property
     def directory(self) -> Path:
         return self.root / "runs" / f"{self.arm}.{self.stage}.seed{self.seed}.{self.key}"
+
+    @property
+    def log(self) -> Path:
+        """The output of its `train` process, beside its run directory (which holds only what `train` writes)."""
+        return self.directory.with_name(self.directory.name + ".log")
 
     @property
     def final(self) -> Path:
@@ -148,7 +155,7 @@ def plan_runs(ablations: list[Ablation], budget: Budget, teacher_spec: Path, out
     starting from the base's weights where it diverges."""
     runs: dict[tuple[str, str, int], StageRun] = {}
     teacher = None
-    if any("distill" in STAGES[:STAGES.index(a.measured_after) + 1] for a in ablations):
+    if any("distill" in STAGE_ORDER[:STAGE_ORDER.index(a.measured_after) + 1] for a in ablations):
         first = budget.seeds[0]
         for stage in ("pretrain", "sft"):
             teacher = StageRun("teacher", teacher_spec, None, stage, first, budget.teacher_steps[stage], data_digest,
@@ -163,18 +170,18 @@ def plan_runs(ablations: list[Ablation], budget: Budget, teacher_spec: Path, out
     for seed in budget.seeds:
         bases: dict[str, tuple[Ablation, int]] = {}
         for ablation in ablations:  # how far each base arm must train
-            last = max(STAGES.index(ablation.measured_after), STAGES.index(ablation.first_stage) - 1)
+            last = max(STAGE_ORDER.index(ablation.measured_after), STAGE_ORDER.index(ablation.first_stage) - 1)
             arm = base_arm(ablation)
             bases[arm] = (ablation, max(last, bases[arm][1]) if arm in bases else last)
         for arm, (ablation, last) in bases.items():
             previous = None
-            for stage in STAGES[:last + 1]:
-                previous = StageRun(arm, ablation.base_spec, ablation.variant, stage, seed, steps(stage), data_digest,
-                                    init=previous, teacher=teacher if stage == "distill" else None, root=out)
-                runs[(arm, stage, seed)] = previous
+            for kind in STAGE_ORDER[:last + 1]:
+                previous = StageRun(arm, ablation.base_spec, ablation.variant, kind, seed, steps(kind), data_digest,
+                                    init=previous, teacher=teacher if kind == "distill" else None, root=out)
+                runs[(arm, kind, seed)] = previous
         for ablation in ablations:
-            start = STAGES.index(ablation.stages[0])
-            previous = runs[(base_arm(ablation), STAGES[start - 1], seed)] if start > 0 else None
+            start = STAGE_ORDER.index(ablation.stages[0])
+            previous = runs[(base_arm(ablation), STAGE_ORDER[start - 1], seed)] if start > 0 else None
             for stage in ablation.stages:
                 previous = StageRun(ablation.name, ablation.spec, ablation.variant, stage, seed, steps(stage), data_digest,
                                     init=previous, teacher=teacher if stage == "distill" else None, root=out)
@@ -184,14 +191,15 @@ def plan_runs(ablations: list[Ablation], budget: Budget, teacher_spec: Path, out
 
 def finished(run: StageRun) -> bool:
     """The stage wrote its final model after its last step (an interrupted run exits 0 without one)."""
-    if not (run.final / "model.safetensors").is_file() or not run.metrics.is_file():
+    if not (run.final / "model.safetensors").is_file():
         return False
-    lines = [line for line in run.metrics.read_text().splitlines() if line.strip()]
-    return bool(lines) and json.loads(lines[-1]).get("step") == run.steps
+    rows = read_metrics(run.metrics)
+    return bool(rows) and rows[-1].step == run.steps
 
 
 def train_command(run: StageRun, data: Path, tokenizer: Path, device: str) -> list[str]:
-    flag, file = DATA_FLAG[run.stage]
+    definition = stage(run.stage)
+    flag, file = definition.data_flag, DATA_FILES_BY_RECORDS[definition.records]
     every = str(max(10, run.steps // 4))
     command = [sys.executable, "-m", "minimind_spec", "train", str(run.spec), "--stage", run.stage, flag, str(data / file),
                "--tokenizer", str(tokenizer), "--out", str(run.directory), "--seed", str(run.seed), "--max-steps",
@@ -233,9 +241,9 @@ def execute(study: StudyRuns, data: Path, tokenizer: Path, device: str, jobs: in
         command = train_command(run, data, tokenizer, device)
         with lock:
             report(run, "training" if "--resume" not in command else "resuming")
-        run.directory.mkdir(parents=True, exist_ok=True)
+        run.log.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        log = run.directory / "train.log"
+        log = run.log
         with log.open("a") as stream:
             code = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=env).returncode
         if code != 0:

@@ -17,9 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InputError
+from ..stages import STAGE_ORDER
 
 TASK_FILE = "task.json"
-STAGES = ("pretrain", "sft", "distill", "dpo")
 
 
 class _Budget(BaseModel):
@@ -83,10 +83,10 @@ def load_task(directory: Path) -> Task:
     directory = path.parent.resolve()
     budgets = {}
     for name, budget in raw.budgets.items():
-        unknown = sorted(set(budget.steps) - set(STAGES)) + sorted(set(budget.teacher_steps) - {"pretrain", "sft"})
+        unknown = sorted(set(budget.steps) - set(STAGE_ORDER)) + sorted(set(budget.teacher_steps) - {"pretrain", "sft"})
         if unknown or any(n < 1 for n in (*budget.steps.values(), *budget.teacher_steps.values())):
             raise InputError(f"{path}: /budgets/{name}: steps per stage are positive counts for "
-                             f"{', '.join(STAGES)} (teacher: pretrain, sft); got {unknown or 'a count below 1'}")
+                             f"{', '.join(STAGE_ORDER)} (teacher: pretrain, sft); got {unknown or 'a count below 1'}")
         budgets[name] = Budget(name, tuple(budget.seeds), dict(budget.steps), dict(budget.teacher_steps))
     teacher = directory / raw.teacher
     if not teacher.is_file():

@@ -70,3 +70,36 @@ def trained(workspace, tmp_path_factory):
     result = CliRunner().invoke(app, args(workspace, out, "--max-steps", "30", "--eval-every", "10", "--save-every", "10"))
     assert result.exit_code == 0, result.output
     return out
+
+
+def stage_setup(spec, kind, data, run_dir, *, variant=None, seed=0, inputs=None, **plan_changes):
+    """The planned stage `kind` of `spec` on `data`, its input model (seeded init) and its parts, as `train` builds
+    them; `plan_changes` replace plan fields (batch_size, micro_batch, max_steps, ...). Returns
+    (graph, model, stage plan, parts, loop settings)."""
+    from dataclasses import replace
+
+    from minimind_spec import build_graph, load_spec, resolve
+    from minimind_spec.engine import compile_graph, set_trainable
+    from minimind_spec.engine.data.token_cache import build_token_cache
+    from minimind_spec.engine.data.tokenizer import load_tokenizer
+    from minimind_spec.engine.train.loop import LoopSettings
+    from minimind_spec.engine.train.precision import PrecisionRuntime
+    from minimind_spec.engine.train.stages import StageInputs, build_stage
+    from minimind_spec.graph import ParamRole
+    from minimind_spec.plan import PlanInputs, build_plan
+    from minimind_spec.stages import StageKind, stage
+
+    resolved = resolve(load_spec(spec), variant)
+    graph = build_graph(resolved)
+    plan = build_plan(resolved, PlanInputs(data={StageKind(kind): data}, stages=(StageKind(kind),), **(inputs or {})), graph)
+    planned = replace(plan.stages[0], **plan_changes)
+    tokenizer = load_tokenizer(data.parent / "tok") if (data.parent / "tok").is_dir() else None
+    records = stage(kind).records
+    cache = build_token_cache(data, tokenizer, records, run_dir / "cache",
+                              max_length=None if records == "pretrain" else planned.seq_len)
+    model = compile_graph(graph, seed=seed)
+    set_trainable(model, graph, {ParamRole(r) for r in planned.trainable_roles})
+    precision = PrecisionRuntime(planned.precision, "cpu")
+    parts = build_stage(StageInputs(planned, model, cache, tokenizer.pad_id, "cpu", precision, resolved.model.moe is not None))
+    settings = LoopSettings(run_dir / kind, eval_every=0, save_every=2, progress=False)
+    return graph, model, planned, parts, settings

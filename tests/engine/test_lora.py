@@ -39,7 +39,8 @@ def _logits(model):
 
 
 def test_the_recipe_trains_only_the_adapters(trained, lora_run):
-    from minimind_spec.engine.train.checkpoint import latest_checkpoint, read_state
+    from minimind_spec.engine.train.checkpoint import read_state
+    from minimind_spec.model_files import latest_checkpoint
 
     state = read_state(latest_checkpoint(lora_run / "sft"))
     # --epochs 3: ceil(3 x rows / 8) steps, so the last step ends 3 epochs and takes under 8 rows of a fourth

@@ -12,9 +12,14 @@ import torch
 from typer.testing import CliRunner
 
 from minimind_spec.cli import app
-from minimind_spec.engine.train.monitors import DPOWatch, ExpertLoadWatch, moe_metrics
+from minimind_spec.engine.train.monitors import DPOWatch, ExpertLoadWatch, expert_load
+from minimind_spec.metrics import MetricsRow
 
 from .conftest import args, metrics
+
+def _row(loss=1.0, **values):
+    return MetricsRow(step=1, loss=loss, lr=1e-3, tokens=0, tokens_per_s=None, grad_norm=None, values=values)
+
 
 BALANCED = [[10, 10, 10, 10], [10, 10, 10, 10]]
 STARVED = [[10, 10, 10, 10], [38, 1, 1, 0]]  # layer 1, expert 3 gets nothing
@@ -22,27 +27,27 @@ STARVED = [[10, 10, 10, 10], [38, 1, 1, 0]]  # layer 1, expert 3 gets nothing
 
 def test_expert_load_watch_warns_once_per_episode():
     watch = ExpertLoadWatch(window=4)
-    assert all(watch.update(step, {"expert_tokens": BALANCED}) == [] for step in range(1, 5))
-    said = [watch.update(step, {"expert_tokens": STARVED}) for step in range(5, 11)]
+    assert all(watch.update(step, _row(expert_tokens=BALANCED)) == [] for step in range(1, 5))
+    said = [watch.update(step, _row(expert_tokens=STARVED)) for step in range(5, 11)]
     # over the last 4 steps expert 3 of layer 1 gets 30, 20, 10, then 0 of its fair 40: 75%, 50%, 25% (the floor), 0%
     assert said[:3] == [[], [], []]
     assert len(said[3]) == 1 and "step 8" in said[3][0] and "layer 1" in said[3][0] and "expert 3" in said[3][0]
     assert "0%" in said[3][0] and said[4:] == [[], []]  # still starved: not repeated
-    assert all(watch.update(step, {"expert_tokens": BALANCED}) == [] for step in range(11, 15))
-    assert [watch.update(step, {"expert_tokens": STARVED}) for step in range(15, 18)] == [[], [], []]
-    assert len(watch.update(18, {"expert_tokens": STARVED})) == 1  # a new episode warns again
+    assert all(watch.update(step, _row(expert_tokens=BALANCED)) == [] for step in range(11, 15))
+    assert [watch.update(step, _row(expert_tokens=STARVED)) for step in range(15, 18)] == [[], [], []]
+    assert len(watch.update(18, _row(expert_tokens=STARVED))) == 1  # a new episode warns again
 
 
-def test_moe_metrics_by_hand():
+def test_expert_load_by_hand():
     counts = torch.tensor([[3, 1], [2, 2]])
-    got = moe_metrics(torch.tensor(0.25), counts)
+    got = expert_load(counts)
     assert got["expert_tokens"] == [[3, 1], [2, 2]]
     assert got["expert_load_cv_per_layer"] == [pytest.approx(0.5), 0.0]  # std 1 / mean 2, then 0
-    assert got["expert_load_cv"] == pytest.approx(0.25) and got["aux_loss"] == 0.25
+    assert got["expert_load_cv"] == pytest.approx(0.25)
 
 
 def _dpo_row(loss, margin, chosen):
-    return {"loss": loss, "rewards/margins": margin, "logps/chosen": chosen}
+    return _row(loss, **{"rewards/margins": margin, "logps/chosen": chosen})
 
 
 def test_dpo_watch():
@@ -73,7 +78,7 @@ def test_an_moe_run_logs_each_layers_expert_load(workspace, tmp_path):
     assert result.exit_code == 0, result.output
     for row in metrics(tmp_path / "run" / "pretrain" / "metrics.jsonl"):
         assert len(row["expert_tokens"]) == 2 and len(row["expert_load_cv_per_layer"]) == 2  # 2 MoE layers
-        assert all(sum(layer) == 2 * 64 * 2 for layer in row["expert_tokens"])  # micro-batch 2 x 64 tokens x top-2
+        assert all(sum(layer) == 4 * 64 * 2 for layer in row["expert_tokens"])  # the whole step: batch 4 x 64 tokens x top-2
         assert row["aux_loss"] > 0
 
 

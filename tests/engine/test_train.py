@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 import os
 import random
 import signal
@@ -22,10 +23,10 @@ from minimind_spec import build_graph, load_spec, resolve
 from minimind_spec.cli import app
 from minimind_spec.engine import compile_graph
 from minimind_spec.engine.data.tokenizer import train_tokenizer
-from minimind_spec.engine.train.checkpoint import load_weights
+from minimind_spec.engine.export import load_weights_into
 
 from ..conftest import ROOT
-from .conftest import _has, args, metrics
+from .conftest import _has, args, metrics, stage_setup
 
 def test_pretrain_then_sft(workspace, trained, tmp_path):
     out = trained
@@ -46,8 +47,8 @@ def test_pretrain_then_sft(workspace, trained, tmp_path):
     resolved = resolve(load_spec(workspace / "tiny.json"))
     graph = build_graph(resolved)
     a, b = compile_graph(graph, seed=1), compile_graph(graph, seed=1)
-    load_weights(a, out / "pretrain" / "final")
-    load_weights(b, out / "sft" / "final")
+    load_weights_into(a, out / "pretrain" / "final" / "model.safetensors")
+    load_weights_into(b, out / "sft" / "final" / "model.safetensors")
     assert not torch.equal(a.model.embed_tokens.weight, b.model.embed_tokens.weight)
     assert (out / "sft" / "final" / "tokenizer.json").is_file() and (out / "sft" / "final" / "config.json").is_file()
     if _has("matplotlib"):
@@ -109,58 +110,53 @@ def test_two_processes_with_gloo_match_one_process(workspace, tmp_path):
 
 
 class _Flaky:
-    """A runner whose loss is NaN at the given (1-based) steps: forwards everything else."""
+    """An objective whose loss sum is NaN at the given (1-based) calls: forwards everything else."""
 
-    def __init__(self, runner, bad_steps):
-        self.inner, self.bad_steps, self.calls = runner, set(bad_steps), 0
-        self.kind = runner.kind
-        self.train_rows, self.eval_rows, self.batch, self.watch = runner.train_rows, runner.eval_rows, runner.batch, runner.watch
+    def __init__(self, objective, bad_calls):
+        self.inner, self.bad_calls, self.calls = objective, set(bad_calls), 0
 
-    def objective(self, model, batch):
+    def count(self, batch):
+        return self.inner.count(batch)
+
+    def __call__(self, model, batch):
         self.calls += 1
-        loss, metrics = self.inner.objective(model, batch)
-        return (loss * float("nan") if self.calls in self.bad_steps else loss), metrics
+        out = self.inner(model, batch)
+        return replace(out, loss_sum=out.loss_sum * float("nan")) if self.calls in self.bad_calls else out
 
 
-def _loop_setup(workspace, run_dir, max_steps):
-    from minimind_spec.engine.data.token_cache import build_token_cache
-    from minimind_spec.engine.data.tokenizer import load_tokenizer
-    from minimind_spec.engine.train.loop import LoopConfig
-    from minimind_spec.engine.train.stages import language_model_runner
+def _flaky_run(workspace, run_dir, max_steps, bad_calls):
+    from minimind_spec.engine.train.loop import train_stage
+    from minimind_spec.engine.train.precision import PrecisionRuntime
 
-    resolved = resolve(load_spec(workspace / "tiny.json"))
-    graph = build_graph(resolved)
-    tokenizer = load_tokenizer(workspace / "tok")
-    cache = build_token_cache(workspace / "pretrain.jsonl", tokenizer, "pretrain", run_dir / "cache")
-    runner = language_model_runner("pretrain", cache, 64, tokenizer.pad_id, 0.0)
-    config = LoopConfig(run_dir=run_dir / "pretrain", optim=resolved.training.optim, max_steps=max_steps, batch_size=4,
-                        micro_batch=4, seed=0, spec_hash="h", eval_every=0, save_every=2, progress=False)
-    return graph, compile_graph(graph, seed=0), runner, config
+    graph, model, stage, parts, settings = stage_setup(workspace / "tiny.json", "pretrain", workspace / "pretrain.jsonl",
+                                                       run_dir, max_steps=max_steps, batch_size=4, micro_batch=4)
+    parts = replace(parts, objective=_Flaky(parts.objective, bad_calls))
+    return model, settings, lambda: train_stage(stage, parts, model, graph, settings, PrecisionRuntime(stage.precision, "cpu"))
 
 
 def test_a_non_finite_loss_skips_the_step_and_too_many_stop_the_run(workspace, tmp_path):
-    from minimind_spec.engine.train.checkpoint import latest_checkpoint
-    from minimind_spec.engine.train.loop import TrainingStopped, run_stage
+    from minimind_spec.engine.train.loop import TrainingStopped
+    from minimind_spec.model_files import latest_checkpoint
 
-    graph, model, runner, config = _loop_setup(workspace, tmp_path, 6)
-    result = run_stage(model, graph, _Flaky(runner, {3}), config)
-    rows = metrics(config.run_dir / "metrics.jsonl")
+    model, settings, run = _flaky_run(workspace, tmp_path, 6, {3})
+    result = run()
+    rows = metrics(settings.stage_dir / "metrics.jsonl")
     assert result.skipped_steps == 1 and [row["step"] for row in rows] == [1, 2, 4, 5, 6]
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN step changed nothing
 
-    graph, model, runner, config = _loop_setup(workspace, tmp_path / "b", 20)
+    model, settings, run = _flaky_run(workspace, tmp_path / "b", 20, set(range(5, 20)))
     with pytest.raises(TrainingStopped, match="non-finite"):
-        run_stage(model, graph, _Flaky(runner, set(range(5, 20))), config)
-    assert latest_checkpoint(config.run_dir).name == "step-00000004"  # the last good one, intact
+        run()
+    assert latest_checkpoint(settings.stage_dir).name == "step-00000004"  # the last good one, intact
 
 
 def _interrupt_after_3_steps(process, metrics_path):
-    """Ctrl-C (SIGINT) once the run has logged 3 steps; the process must then exit 0."""
+    """Ctrl-C (SIGINT) once the run has logged 3 steps; the process must then exit 130 (interrupted) after saving."""
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics_path.is_file() and len(metrics_path.read_text().splitlines()) >= 3):
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=120) == 0, process.stderr.read().decode()[-2000:]
+    assert process.wait(timeout=120) == 130, process.stderr.read().decode()[-2000:]
     return metrics_path
 
 
@@ -169,7 +165,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(workspace, tmp_path):
     metrics_path = _interrupt_after_3_steps(process, tmp_path / "run" / "pretrain" / "metrics.jsonl")
     steps = len(metrics(metrics_path))
     assert 3 <= steps < 14
-    from minimind_spec.engine.train.checkpoint import latest_checkpoint, read_state
+    from minimind_spec.engine.train.checkpoint import read_state
+    from minimind_spec.model_files import latest_checkpoint
 
     assert read_state(latest_checkpoint(tmp_path / "run" / "pretrain")).step == steps  # saved where it stopped
     assert "interrupted, saved" in process.stdout.read().decode()
@@ -181,8 +178,8 @@ def test_resuming_with_a_changed_spec_is_refused_unless_forced(workspace, tmp_pa
     assert first.exit_code == 0, first.output
     changed = CliRunner().invoke(app, args(workspace, out, "--stage", "pretrain", "--max-steps", "4", "--resume",
                                            "--lr", "1e-3"))
-    assert changed.exit_code == 2 and "another spec" in changed.output and "--force" in changed.output
-    assert "training.optim.lr: 0.003 -> 0.001" in changed.output  # each changed value, old -> new
+    assert changed.exit_code == 2 and "trained with other settings" in changed.output and "--force" in changed.output
+    assert "stage.lr: 0.003 -> 0.001" in changed.output  # each changed value, old -> new
     forced = CliRunner().invoke(app, args(workspace, out, "--stage", "pretrain", "--max-steps", "4", "--resume",
                                           "--lr", "1e-3", "--force"))
     assert forced.exit_code == 0, forced.output
@@ -207,7 +204,7 @@ def test_a_run_loads_in_build_export_generate_and_init(workspace, trained, tmp_p
     exported = CliRunner().invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "e")])
     assert exported.exit_code == 0, exported.output
     model = compile_graph(build_graph(resolve(load_spec(workspace / "tiny.json"))), seed=3)
-    load_weights(model, checkpoint)
+    load_weights_into(model, checkpoint / "model.safetensors")
     assert torch.equal(_logits(load_model_files(tmp_path / "e")), _logits(model))
     assert (tmp_path / "e" / "tokenizer.json").is_file()  # found in the run's finished stages
     assert not any(p.name.startswith(".") for p in (tmp_path / "e").iterdir())  # no staging left behind
@@ -253,11 +250,13 @@ def test_fsdp_over_two_processes_matches_one_process_and_resumes(workspace, tmp_
     assert [row["step"] for row in sharded] == list(range(1, 7))
     for a, b in zip(one, sharded):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
-        assert b.get("eval_loss") == pytest.approx(a.get("eval_loss"), rel=1e-5)  # every rank evaluates, rank 0 logs
+        assert ("eval_loss" in a) == ("eval_loss" in b) == (a["step"] % 3 == 0)  # every rank evaluates, rank 0 logs
+        if "eval_loss" in a:
+            assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5)
     final = compile_graph(build_graph(resolve(load_spec(workspace / "tiny.json"))), seed=5)
-    load_weights(final, tmp_path / "two" / "pretrain" / "final")  # gathered from the shards into the usual layout
+    load_weights_into(final, tmp_path / "two" / "pretrain" / "final" / "model.safetensors")  # gathered from the shards into the usual layout
     reference = compile_graph(build_graph(resolve(load_spec(workspace / "tiny.json"))), seed=5)
-    load_weights(reference, tmp_path / "one" / "pretrain" / "final")
+    load_weights_into(reference, tmp_path / "one" / "pretrain" / "final" / "model.safetensors")
     assert torch.allclose(_logits(final), _logits(reference), atol=1e-4)
 
     stage = tmp_path / "two" / "pretrain"  # back to the step-3 checkpoint, as if killed after it
@@ -298,7 +297,7 @@ def test_ctrl_c_stops_the_whole_run_and_resume_finishes_every_stage(workspace, t
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     metrics_path = _interrupt_after_3_steps(process, tmp_path / "run" / "pretrain" / "metrics.jsonl")
-    assert "--resume continues it" in process.stdout.read().decode()
+    assert "--resume continues it" in process.stderr.read().decode()
     assert not (tmp_path / "run" / "sft").exists()  # the next stage did not start from a missing final/
     resumed = CliRunner().invoke(app, args(workspace, tmp_path / "run", "--max-steps", "40", "--eval-every", "0", "--resume"))
     assert resumed.exit_code == 0, resumed.output

@@ -132,12 +132,12 @@ def test_a_run_is_finished_only_when_its_last_step_and_final_model_are_written(d
 
     run = StageRun("base", designed["layernorm"].base_spec, None, "pretrain", 0, 5, "d", root=tmp_path)
     run.metrics.parent.mkdir(parents=True)
-    run.metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 4)))
+    run.metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0, "lr": 1e-3, "tokens": 64 * s}) + "\n" for s in range(1, 4)))
     assert not finished(run)  # interrupted at step 3 of 5: a checkpoint, no final model
     run.final.mkdir(parents=True)
     (run.final / "model.safetensors").write_bytes(b"")
     assert not finished(run)  # still step 3
-    run.metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6)))
+    run.metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0, "lr": 1e-3, "tokens": 64 * s}) + "\n" for s in range(1, 6)))
     assert finished(run)
 
 

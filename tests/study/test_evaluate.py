@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from minimind_spec.engine.compile import compile_model
-from minimind_spec.engine.train.report import read_metrics
+from minimind_spec.metrics import MetricsRow, read_metrics
 from minimind_spec.engine.study.evaluate import HeldOut, norm_saved_bytes, position_losses, preference, score_answer, training_curve
 from minimind_spec.loader import load_spec
 from minimind_spec.resolve import resolve
@@ -47,12 +48,11 @@ def test_answers_are_scored_with_their_reasoning_steps() -> None:
 def test_training_curve_metrics(tmp_path: Path) -> None:
     losses = [2.0] * 30
     losses[25] = 2.5  # one spike: over 1.1 x the median of the 20 before
-    rows = [{"step": i + 1, "loss": loss, "tokens": 100 * (i + 1), "tokens_per_s": 50.0 if i % 2 else 100.0,
-             "grad_norm": float(i % 3)} for i, loss in enumerate(losses)]
-    rows.insert(10, {"step": 10, "eval_loss": 2.0})  # an evaluation row: no loss, no gradient norm
-    rows[-1]["warnings"] = ["diverging", "collapsing"]
+    rows = [MetricsRow(step=i + 1, loss=loss, lr=1e-3, tokens=100 * (i + 1), tokens_per_s=50.0 if i % 2 else 100.0,
+                       grad_norm=float(i % 3), eval_loss=2.0 if i == 9 else None) for i, loss in enumerate(losses)]
+    rows[-1] = replace(rows[-1], warnings=("diverging", "collapsing"))
     file = tmp_path / "metrics.jsonl"
-    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    file.write_text("".join(json.dumps(r.to_json()) + "\n" for r in rows))
     curve = training_curve(read_metrics(file))
     assert curve["loss_spikes"].value == 1
     seconds = np.array([1.0 if i % 2 == 0 else 2.0 for i in range(5, 30)])  # 100 tokens at 100 or 50 tokens/s

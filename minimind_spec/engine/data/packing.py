@@ -2,10 +2,17 @@
 
 - Pretraining: the cache's token stream (documents already wrapped `<|im_start|>` ...
   `<|im_end|>`) cut into consecutive full rows; the remainder shorter than a row is dropped.
+  Documents in a row attend to the ones before them (as nanoGPT and MiniMind pretrain) unless
+  `document_mask`: then each document is isolated like a packed sample.
 - SFT and distillation: whole samples packed greedily in order into rows (a sample longer
   than `seq_len` was truncated when the cache was built); only a row's tail is padding.
   `packed=False` gives one sample per row padded to `seq_len` (how MiniMind's own trainer
   batches), for comparison.
+A row holding more than one sample carries `positions` restarting at 0 at each sample (the
+padding tail counts as a sample of its own): the model turns them into block-diagonal causal
+attention (`builders.packing.PackedRows`), so a packed sample is trained exactly as if it were
+alone. A row of one sample (or a stream row without document masking) has `positions` None:
+plain causal attention from position 0 gives the same result, faster.
 Labels follow `builders.techniques.causal_lm`: aligned with the ids, IGNORE_INDEX (-100)
 where nothing is trained (prompts, padding); `reasoning` marks `<think>` tokens for weighting.
 """
@@ -25,6 +32,7 @@ class Row:
     input_ids: np.ndarray  # int64 (seq_len,)
     labels: np.ndarray  # int64 (seq_len,), IGNORE_INDEX where not trained
     reasoning: np.ndarray  # bool (seq_len,)
+    positions: np.ndarray | None  # int64 (seq_len,) restarting at 0 per sample; None: 0..seq_len-1 serve
     real_tokens: int  # positions that are data, not padding
 
 
@@ -72,12 +80,31 @@ def sample_layout(cache: TokenCache, seq_len: int, packed: bool = True) -> RowLa
     return RowLayout(seq_len, tuple(spans), 0, int(lengths.sum()))
 
 
-def stream_row(cache: TokenCache, layout: RowLayout, row: int) -> Row:
-    start = row * layout.seq_len
-    ids = np.asarray(cache.tokens[start:start + layout.seq_len], dtype=np.int64)
-    trained = np.asarray(cache.trained[start:start + layout.seq_len], dtype=bool)
+def restarting_positions(starts: np.ndarray, length: int) -> np.ndarray | None:
+    """Positions 0, 1, ... restarting at each of `starts` (sorted offsets in the row, 0 not needed),
+    or None when nothing restarts inside the row."""
+    starts = starts[(starts > 0) & (starts < length)]
+    if not len(starts):
+        return None
+    index = np.arange(length, dtype=np.int64)
+    last_start = np.zeros(length, dtype=np.int64)
+    last_start[starts] = starts
+    return index - np.maximum.accumulate(last_start)
+
+
+def stream_row(cache: TokenCache, layout: RowLayout, row: int, document_mask: bool = False) -> Row:
+    start, end = row * layout.seq_len, (row + 1) * layout.seq_len
+    ids = np.asarray(cache.tokens[start:end], dtype=np.int64)
+    trained = np.asarray(cache.trained[start:end], dtype=bool)
     labels = np.where(trained, ids, IGNORE_INDEX)
-    return Row(ids, labels, np.asarray(cache.reasoning[start:start + layout.seq_len], dtype=bool), layout.seq_len)
+    positions = None
+    if document_mask:  # each document from position 0, attending to itself only
+        offsets = np.asarray(cache.offsets[np.searchsorted(cache.offsets, start, "right"):
+                                           np.searchsorted(cache.offsets, end, "left")], dtype=np.int64)
+        positions = restarting_positions(offsets - start, layout.seq_len)
+        if positions is not None:  # a document's first token is not predicted from the one before it
+            labels[positions == 0] = IGNORE_INDEX
+    return Row(ids, labels, np.asarray(cache.reasoning[start:end], dtype=bool), positions, layout.seq_len)
 
 
 def sample_row(cache: TokenCache, layout: RowLayout, row: int, pad_id: int) -> Row:
@@ -91,4 +118,8 @@ def sample_row(cache: TokenCache, layout: RowLayout, row: int, pad_id: int) -> R
     trained = np.asarray(cache.trained[start:stop], dtype=bool)
     labels[:real] = np.where(trained, ids[:real], IGNORE_INDEX)
     reasoning[:real] = cache.reasoning[start:stop]
-    return Row(ids, labels, reasoning, real)
+    positions = None
+    if end - first > 1:  # several samples: each from position 0, the padding tail a sample of its own
+        starts = np.asarray(cache.offsets[first:end + 1], dtype=np.int64) - start
+        positions = restarting_positions(starts, layout.seq_len)
+    return Row(ids, labels, reasoning, positions, real)

@@ -20,6 +20,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ...errors import Problem, SpecError
+from ...model_files import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
 PAD_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|im_start|>"
@@ -27,8 +28,7 @@ EOS_TOKEN = "<|im_end|>"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, THINK_OPEN, THINK_CLOSE)  # ids 0..4 in a trained tokenizer
-TOKENIZER_FILE = "tokenizer.json"
-CONFIG_FILE = "tokenizer_config.json"
+CONFIG_FILE = TOKENIZER_CONFIG_FILE
 
 # ChatML as MiniMind writes it; an assistant turn with reasoning_content puts it in a <think> block.
 CHAT_TEMPLATE = (  # no whitespace control: transformers renders templates with trim_blocks

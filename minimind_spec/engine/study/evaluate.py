@@ -27,6 +27,7 @@ from ..data.chatml import encode_conversation, encode_document, render
 from ..data.records import Conversation, Turn, read_records
 from ..data.tokenizer import ChatTokenizer
 from ...errors import InputError
+from ...metrics import MetricsRow, series
 
 ANSWER = re.compile(r"The answer is (-?\d+)")
 STEP = re.compile(r"(-?\d+) ([+-]) (-?\d+) = (-?\d+)")
@@ -286,33 +287,32 @@ def norm_saved_bytes(model: nn.Module, seq_len: int, batch: int = 2) -> Value:
     return Value(sum(saved.values()) / (batch * seq_len), exact=True)
 
 
-def training_curve(rows: list[dict]) -> dict[str, Value]:
+def training_curve(rows: list[MetricsRow]) -> dict[str, Value]:
     """From a stage's metrics rows (metrics.jsonl): median seconds per optimizer step, loss spikes (a step whose
     loss exceeds the median of the previous 20 by 10%, after the first 20), the variance of the
     gradient norm over the second half of training, and the warnings raised."""
-    rows = [r for r in rows if "loss" in r]  # evaluation rows have no training loss
     out: dict[str, Value] = {}
-    tokens = np.array([r["tokens"] for r in rows], dtype=float)
-    rates = np.array([r["tokens_per_s"] for r in rows], dtype=float)
+    tokens = np.array([r.tokens for r in rows], dtype=float)
+    rates = np.array([r.tokens_per_s or 0.0 for r in rows], dtype=float)
     step_tokens = np.diff(tokens, prepend=0.0)
     seconds = (step_tokens / np.maximum(rates, 1e-9))[min(5, len(rows) - 1):]  # the first steps warm up
     if len(seconds):
         # the standard error of a median: 1.2533 x that of a mean
         out["step_seconds"] = Value(float(np.median(seconds)),
                                     float(1.2533 * seconds.std(ddof=1) / math.sqrt(len(seconds))) if len(seconds) > 1 else None)
-    losses = np.array([r["loss"] for r in rows], dtype=float)
+    losses = np.array([r.loss for r in rows], dtype=float)
     spikes = sum(losses[i] > 1.1 * np.median(losses[i - 20:i]) for i in range(20, len(losses)))
     out["loss_spikes"] = Value(float(spikes), math.sqrt(max(spikes, 1)))  # a count: Poisson error
-    norms = np.array([r["grad_norm"] for r in rows if "grad_norm" in r], dtype=float)
+    norms = np.array([r.grad_norm for r in rows if r.grad_norm is not None], dtype=float)
     norms = norms[len(norms) // 2:]
     if len(norms) > 2:
         var = float(norms.var(ddof=1))
         out["grad_norm_variance"] = Value(var, var * math.sqrt(2 / (len(norms) - 1)))  # the error of a sample variance
-    warnings = sum(len(r.get("warnings", [])) for r in rows)
+    warnings = sum(len(r.warnings) for r in rows)
     out["divergence_warnings"] = Value(float(warnings), math.sqrt(max(warnings, 1)))
     return out
 
 
-def curve_points(rows: list[dict], key: str = "loss") -> list[tuple[int, float]]:
+def curve_points(rows: list[MetricsRow], key: str = "loss") -> list[tuple[int, float]]:
     """(step, value) of each metrics row that has `key`."""
-    return [(r["step"], r[key]) for r in rows if key in r]
+    return list(zip(*series(rows, key)))

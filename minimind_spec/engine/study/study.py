@@ -26,8 +26,8 @@ from ...study.task import Budget, Task, load_task
 from ...study.verdict import Measure, compare
 from ..data.tokenizer import load_tokenizer, train_tokenizer
 from ..export import load_model
-from ..model_dir import find_model
-from ..train.report import read_metrics
+from ...model_files import find_model
+from ...metrics import read_metrics
 from . import evaluate as ev
 from .plots import draw_plots
 

@@ -1,2 +1,5 @@
-"""Training: the schedule and optimizer (`optim`), checkpoints (`checkpoint`), the stage
-runners that pick data and objective (`stages`), and the one loop every stage runs (`loop`)."""
+"""Training: the engine half of the stage registry (`stages/`: each kind's factory returns its
+data, pure objective and watches), the one loop every stage runs (`loop`: set-up, restore, step,
+evaluate, save), precision (`precision`), the optimizer and schedule (`optim`), checkpoints
+(`checkpoint`), data parallelism (`distributed`), the watches (`monitors`), the throughput probe
+(`probe`), plots (`report`), and `run`, which executes a `TrainingPlan` stage after stage."""

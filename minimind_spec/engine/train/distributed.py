@@ -4,9 +4,10 @@ share of a batch, the reductions the loop logs, and full (unsharded) state for c
 `torchrun --nproc_per_node N minimind-spec train ...` sets RANK / WORLD_SIZE / LOCAL_RANK;
 `setup()` then joins the group (gloo on CPU, NCCL on CUDA) and picks this rank's device. Each
 optimizer step's rows are the same on every rank (the epoch order is seeded); rank r trains the
-r-th contiguous block of them, so N ranks with per-rank micro-batches of m see exactly the
-micro-batches one process sees with micro-batch m, and averaging gradients across ranks gives
-the same update. Only rank 0 logs and writes checkpoints.
+r-th contiguous block of them. The loop sums the step's loss over every rank's micro-batches
+and divides once by the step's total count (`sums` all-reduces the counts and the metrics), so
+N ranks give the same update as one process, whatever the micro-batch. Only rank 0 logs and
+writes checkpoints.
 
 With `--fsdp` each decoder layer, then the whole model, is sharded with FSDP2 (`fully_shard`):
 every rank holds 1/N of the weights, gradients and optimizer state, and gathers one layer's
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import model_tensors
+from ..model_io import model_tensors, with_tied_head
 
 
 @dataclass(frozen=True)
@@ -63,20 +64,13 @@ def current() -> World:
     return World()
 
 
-def mean(value: float, world: World, device: str) -> float:
+def sums(values: list[float], world: World, device: str) -> list[float]:
+    """Each value summed over the ranks (one all-reduce, float64); the values themselves on one process."""
     if not world.distributed:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
-    return float(tensor) / world.size
-
-
-def total(value: int, world: World, device: str) -> int:
-    if not world.distributed:
-        return value
-    tensor = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(tensor)
-    return int(tensor)
+    return tensor.tolist()
 
 
 def barrier(world: World) -> None:
@@ -114,9 +108,7 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, sharde
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)
-    if getattr(model, "tie_word_embeddings", False):
-        weights.pop("lm_head.weight", None)  # stored once, as model.embed_tokens.weight
+    weights = model_tensors(model, get_model_state_dict(model, options=options))
     if optimizer is None:
         return weights, None
     by_name = get_optimizer_state_dict(model, optimizer, options=options)
@@ -135,9 +127,7 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, w
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True)
-    if getattr(model, "tie_word_embeddings", False) and "lm_head.weight" not in weights:
-        weights = {**weights, "lm_head.weight": weights["model.embed_tokens.weight"]}
-    set_model_state_dict(model, weights, options=options)
+    set_model_state_dict(model, with_tied_head(model, weights), options=options)
     if optimizer is not None and optimizer_state is not None:
         names = _parameter_names(model, optimizer)
         by_name = {"state": {names[int(i)]: value for i, value in optimizer_state["state"].items()},

@@ -1,7 +1,7 @@
 """Watches on a stage's per-step metrics that make the card's key risks visible while training:
-MoE load imbalance, and DPO divergence or a policy that does not move. Each `update(step,
-metrics)` returns warnings (a line each, naming the step and what was seen); the loop prints
-them and stores them in the step's metrics row. A watch warns when its condition starts
+MoE load imbalance, and DPO divergence or a policy that does not move. Each `update(step, row)`
+reads the step's `MetricsRow` and returns warnings (a line each, naming the step and what was
+seen); the loop prints them and stores them in the row. A stage factory builds its watches. A watch warns when its condition starts
 holding, not again while it keeps holding, nor within `window` steps of its last warning of
 the same kind (noisy per-batch metrics would otherwise make it flap).
 """
@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ...metrics import MetricsRow
+
 FAIR_SHARE_FLOOR = 0.25  # an expert under 1/4 of its fair share of the routed tokens is starved
 
 
-def moe_metrics(aux_loss: torch.Tensor, expert_counts: torch.Tensor) -> dict[str, object]:
-    """The aux loss, and per MoE layer the tokens routed to each expert and their coefficient of variation."""
-    counts = expert_counts.detach().float().cpu()  # (MoE layers, E)
+def expert_load(expert_counts: torch.Tensor) -> dict[str, object]:
+    """Per MoE layer, the tokens routed to each expert (a whole step's, all micro-batches and processes)
+    and their coefficient of variation; the mean CV over layers."""
+    counts = expert_counts.detach().double().cpu()  # (MoE layers, E)
     cv = counts.std(dim=-1, unbiased=False) / counts.mean(dim=-1).clamp(min=1e-9)  # (MoE layers,)
-    return {"aux_loss": float(aux_loss.detach()), "expert_load_cv": float(cv.mean()),
-            "expert_load_cv_per_layer": [round(float(v), 4) for v in cv],
+    return {"expert_load_cv": float(cv.mean()), "expert_load_cv_per_layer": [round(float(v), 4) for v in cv],
             "expert_tokens": counts.to(torch.int64).tolist()}
 
 
@@ -37,8 +39,8 @@ class ExpertLoadWatch:
     _starved: set[int] = field(default_factory=set)  # layers currently warned about
     _last: dict[int, int] = field(default_factory=dict)  # layer -> step of its last warning
 
-    def update(self, step: int, metrics: dict[str, object]) -> list[str]:
-        counts = metrics.get("expert_tokens")
+    def update(self, step: int, row: MetricsRow) -> list[str]:
+        counts = row.get("expert_tokens")
         if counts is None:
             return []
         self._recent.append(np.asarray(counts, dtype=np.float64))
@@ -89,17 +91,17 @@ class DPOWatch:
             self._active.discard(key)
         return []
 
-    def update(self, step: int, metrics: dict[str, object]) -> list[str]:
-        margin, chosen, loss = metrics.get("rewards/margins"), metrics.get("logps/chosen"), metrics.get("loss")
+    def update(self, step: int, row: MetricsRow) -> list[str]:
         self._step = step
-        if margin is None or chosen is None or loss is None:
+        if row.get("rewards/margins") is None or row.get("logps/chosen") is None:
             return []
-        for queue, value in ((self._margins, margin), (self._chosen, chosen), (self._losses, loss)):
-            queue.append(float(value))  # type: ignore[arg-type]
+        margin, chosen = float(row.get("rewards/margins")), float(row.get("logps/chosen"))
+        for queue, value in ((self._margins, margin), (self._chosen, chosen), (self._losses, row.loss)):
+            queue.append(value)
             if len(queue) > self.window:
                 queue.popleft()
-        warnings = self._once("diverging", not math.isfinite(float(margin)) or abs(float(margin)) > self.margin_limit,  # type: ignore[arg-type]
-                              f"step {step}: the reward margin is {float(margin):.3g}, beyond +-{self.margin_limit:g}: "  # type: ignore[arg-type]
+        warnings = self._once("diverging", not math.isfinite(margin) or abs(margin) > self.margin_limit,
+                              f"step {step}: the reward margin is {margin:.3g}, beyond +-{self.margin_limit:g}: "
                               "DPO is diverging (lower the lr or raise beta)")
         if len(self._margins) == self.window:
             x = np.arange(self.window, dtype=np.float64)

@@ -14,8 +14,8 @@ import networkx as nx
 import torch
 from torch import nn
 
-from ...config import OptimConfig
 from ...graph import ParamRole
+from ...plan import StagePlan
 from ..trainability import parameters_by_role
 
 NO_DECAY_ROLES = frozenset({ParamRole.NORM, ParamRole.EMBEDDING})
@@ -34,16 +34,21 @@ def lr_factor(step: int, warmup: int, total_steps: int, scheduler: str, min_lr_r
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, graph: nx.DiGraph, optim: OptimConfig) -> torch.optim.Optimizer:
+def lr_at(stage: StagePlan, step: int, total_steps: int) -> float:
+    """The stage's scheduled learning rate at optimizer step `step` (0-based) of `total_steps`."""
+    return stage.lr * lr_factor(step, stage.warmup, total_steps, stage.scheduler, stage.min_lr_ratio)
+
+
+def build_optimizer(model: nn.Module, graph: nx.DiGraph, stage: StagePlan) -> torch.optim.Optimizer:
     """The stage's optimizer over the parameters that require grad, in decay / no-decay groups."""
     decay, no_decay = [], []
     for role, params in parameters_by_role(model, graph).items():
         trainable = [p for p in params if p.requires_grad]
         (no_decay if role in NO_DECAY_ROLES else decay).extend(trainable)
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    if optim.optimizer == "SGD":
-        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.betas[0])
-    if optim.optimizer == "Adam":
-        return torch.optim.Adam(groups, lr=optim.lr, betas=optim.betas)
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
+    if stage.optimizer == "SGD":
+        return torch.optim.SGD(groups, lr=stage.lr, momentum=stage.betas[0])
+    if stage.optimizer == "Adam":
+        return torch.optim.Adam(groups, lr=stage.lr, betas=stage.betas)
+    return torch.optim.AdamW(groups, lr=stage.lr, betas=stage.betas)

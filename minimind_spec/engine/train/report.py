@@ -1,23 +1,15 @@
 """After a stage: the loss curve as a PNG (when matplotlib is installed) and the metrics as
-TensorBoard events (when tensorboard is installed), both read from `metrics.jsonl`."""
+TensorBoard events under `STAGE_DIR/tensorboard/` (when tensorboard is installed), both read from
+the stage's `metrics.jsonl` (`minimind_spec.metrics`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .loop import METRICS_FILE
+from ...metrics import METRICS_FILE, read_metrics, series
 
 PLOT_FILE = "loss.png"
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl ([] when there is none)."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def _rows(stage_dir: Path) -> list[dict]:
-    return read_metrics(stage_dir / METRICS_FILE)
+TENSORBOARD_DIR = "tensorboard"
 
 
 def plot_loss(stage_dir: Path, title: str) -> Path | None:
@@ -29,14 +21,14 @@ def plot_loss(stage_dir: Path, title: str) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows = _rows(stage_dir)
+    rows = read_metrics(stage_dir / METRICS_FILE)
     if not rows:
         return None
     figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
-    axis.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="training loss", linewidth=1.2)
-    evaluated = [r for r in rows if "eval_loss" in r]
-    if evaluated:
-        axis.plot([r["step"] for r in evaluated], [r["eval_loss"] for r in evaluated], "o-", label="held-out loss")
+    axis.plot(*series(rows, "loss"), label="training loss", linewidth=1.2)
+    steps, held_out = series(rows, "eval_loss")
+    if steps:
+        axis.plot(steps, held_out, "o-", label="held-out loss")
     axis.set(xlabel="optimizer step", ylabel="loss", title=title)
     axis.grid(alpha=0.3)
     axis.legend()
@@ -53,10 +45,10 @@ def write_tensorboard(stage_dir: Path) -> Path | None:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    out = stage_dir / "tensorboard"
+    out = stage_dir / TENSORBOARD_DIR
     with SummaryWriter(str(out)) as writer:
-        for row in _rows(stage_dir):
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    writer.add_scalar(key, value, row["step"])
+        for row in read_metrics(stage_dir / METRICS_FILE):
+            for key, value in row.to_json().items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    writer.add_scalar(key, value, row.step)
     return out

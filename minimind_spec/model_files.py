@@ -1,27 +1,32 @@
-"""Find a trained model's files from whatever path the user gives: a model directory (as
+"""Where a trained model's files are, from whatever path the user gives: a model directory (as
 `build --out`, `export` and a stage's `final/` write it), a stage directory, a checkpoint, or a
-whole run directory. `generate`, `build --weights` and `export` all start here.
+whole run directory. `generate`, `build --weights`, `export`, `train --init` and the plan (which
+reads an `--init` model's config) all start here. Torch-free: it only looks at files.
 
 A run directory holds one stage directory per trained stage (pretrain, sft, ...); each holds
-`config.json` (the model), `checkpoints/step-N/` and, once finished, `final/`. A checkpoint
-has the weights but not the config, which it takes from its stage directory. A run's latest
-model is the `final/` of its newest finished stage (dpo, distill, sft, pretrain); where no
-stage has finished, the newest stage's latest checkpoint.
+`config.json` (the model), `checkpoints/step-N/`, `latest` (the newest checkpoint's path) and,
+once finished, `final/`. A checkpoint has the weights but not the config, which it takes from
+its stage directory. A run's latest model is the `final/` of its newest finished stage (the
+registry's order, last first); where no stage has finished, the newest stage's latest checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
-from .data.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
-from .data.tokenizer import TOKENIZER_FILE
-from .writer import CONFIG_FILE, WEIGHTS_FILE
+from .errors import InputError
+from .stages import STAGE_ORDER
 
-STAGES_NEWEST_FIRST = ("dpo", "distill", "sft", "pretrain")
-CHECKPOINT_STATE = "state.json"  # what marks a checkpoint directory (see train/checkpoint.py)
+CONFIG_FILE = "config.json"  # the model's config: HF Llama keys and the resolved model under "minimind_spec"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+CHECKPOINT_STATE = "state.json"  # what marks a checkpoint directory (see engine/train/checkpoint.py)
 LATEST = "latest"  # a stage directory's pointer to its newest checkpoint
+FINAL = "final"  # a stage directory's finished model
+STAGES_NEWEST_FIRST = tuple(reversed(STAGE_ORDER))
 
 
 @dataclass(frozen=True)
@@ -35,36 +40,44 @@ class ModelFiles:
         """tokenizer.json and tokenizer_config.json, where the run has them (to copy alongside)."""
         if self.tokenizer_dir is None:
             return ()
-        return tuple(p for p in (self.tokenizer_dir / TOKENIZER_FILE, self.tokenizer_dir / TOKENIZER_CONFIG) if p.is_file())
+        return tuple(p for p in (self.tokenizer_dir / TOKENIZER_FILE, self.tokenizer_dir / TOKENIZER_CONFIG_FILE) if p.is_file())
+
+    def has_adapters(self) -> bool:
+        """The model carries LoRA adapters (its config has a LoRA section)."""
+        try:
+            return json.loads(self.config.read_text())["minimind_spec"]["model"].get("lora") is not None
+        except (OSError, ValueError, KeyError, AttributeError):
+            return False
+
+
+def latest_checkpoint(stage_dir: Path) -> Path | None:
+    """The stage's newest complete checkpoint (its `latest` pointer), or None."""
+    pointer = Path(stage_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    checkpoint = Path(stage_dir) / pointer.read_text().strip()
+    return checkpoint if (checkpoint / WEIGHTS_FILE).is_file() and (checkpoint / CHECKPOINT_STATE).is_file() else None
 
 
 def _complete(directory: Path) -> bool:
     return (directory / CONFIG_FILE).is_file() and (directory / WEIGHTS_FILE).is_file()
 
 
-def _checkpoint(stage_dir: Path) -> Path | None:
-    pointer = stage_dir / LATEST
-    if not pointer.is_file():
-        return None
-    checkpoint = stage_dir / pointer.read_text().strip()
-    return checkpoint if (checkpoint / WEIGHTS_FILE).is_file() and (checkpoint / CHECKPOINT_STATE).is_file() else None
-
-
 def _tokenizer_near(*directories: Path) -> Path | None:
     """The first of `directories` (then their stage and run directories' `final/`s) with a tokenizer."""
     candidates: list[Path] = []
     for directory in directories:
-        candidates += [directory, directory / "final"]
-        candidates += [directory / stage / "final" for stage in STAGES_NEWEST_FIRST]
+        candidates += [directory, directory / FINAL]
+        candidates += [directory / stage / FINAL for stage in STAGES_NEWEST_FIRST]
     return next((c for c in candidates if (c / TOKENIZER_FILE).is_file()), None)
 
 
 def _stage_model(stage_dir: Path) -> ModelFiles | None:
     """A stage directory's finished model, else its latest checkpoint (with the stage's config)."""
-    if _complete(stage_dir / "final"):
-        final = stage_dir / "final"
+    if _complete(stage_dir / FINAL):
+        final = stage_dir / FINAL
         return ModelFiles(final / CONFIG_FILE, final / WEIGHTS_FILE, _tokenizer_near(final, stage_dir.parent))
-    checkpoint = _checkpoint(stage_dir)
+    checkpoint = latest_checkpoint(stage_dir)
     if checkpoint is not None and (stage_dir / CONFIG_FILE).is_file():
         return ModelFiles(stage_dir / CONFIG_FILE, checkpoint / WEIGHTS_FILE, _tokenizer_near(stage_dir.parent))
     return None
@@ -88,7 +101,7 @@ def find_model(path: Path) -> ModelFiles:
     if found is not None:
         return found
     for stage in STAGES_NEWEST_FIRST:  # a run directory: the newest finished stage
-        if _complete(path / stage / "final"):
+        if _complete(path / stage / FINAL):
             return _stage_model(path / stage)  # type: ignore[return-value]
     for stage in STAGES_NEWEST_FIRST:  # nothing finished: the newest stage's latest checkpoint
         found = _stage_model(path / stage)
@@ -96,12 +109,3 @@ def find_model(path: Path) -> ModelFiles:
             return found
     raise InputError(f"{path}: no trained model here (looked for {CONFIG_FILE} + {WEIGHTS_FILE} in it and in final/, "
                      "a checkpoint, and each stage's final/ or latest checkpoint)")
-
-
-def from_pretrained(path: Path, device: str = "cpu"):  # noqa: ANN201 - a MiniMindForCausalLM
-    """The model at `path` (a directory `save_pretrained` or `export` wrote, a run, a stage or a
-    checkpoint), rebuilt from its config with its weights."""
-    from .export import load_model
-
-    files = find_model(path)
-    return load_model(files.config, files.weights, device=device)
