@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import Problem, pointer, warning
 from .schema import MAX_POSITIONS, PROJECTIONS, Spec
+from .stages import STAGE_ORDER
 from .suggest import did_you_mean
 
 
@@ -119,6 +120,21 @@ def _check_training(spec: Spec, errors: list[Problem], warnings: list[Problem]) 
             errors.append(Problem(pointer("techniques", "adapters", "placements"), "adapters are enabled but name no placements"))
     if tech.quant.enabled and not tech.quant.scheme:
         errors.append(Problem(pointer("techniques", "quant", "scheme"), "quantisation is enabled but the scheme is empty", "one of int8, int4, nf4, fp8"))
+    hyperparams = spec.hyperparams
+    scaling = hyperparams.rope_scaling
+    factor = scaling.factor if scaling is not None and scaling.type != "none" else 1.0
+    positions = hyperparams.max_position_embeddings or round(hyperparams.seq_len * factor)  # as resolve derives them
+    for kind in STAGE_ORDER:  # a stage's own schedule and batch, checked like the global ones
+        section = getattr(tech, kind)
+        if section.max_steps is not None and section.warmup is not None and section.warmup >= section.max_steps:
+            errors.append(Problem(pointer("techniques", kind, "warmup"), f"warmup {section.warmup} steps is not shorter than "
+                                                                          f"the stage (max_steps {section.max_steps})"))
+        if section.micro_batch is not None and section.batch_size is not None and section.batch_size % section.micro_batch:
+            errors.append(Problem(pointer("techniques", kind, "micro_batch"), f"{section.micro_batch} does not divide the "
+                                                                               f"stage's batch_size {section.batch_size}"))
+        if section.seq_len is not None and section.seq_len > positions:
+            errors.append(Problem(pointer("techniques", kind, "seq_len"), f"{section.seq_len} exceeds the model's {positions} "
+                                                                           "positions", "raise hyperparams.max_position_embeddings, or lower it"))
     if tech.dpo.enabled and tech.dpo.beta > 10:
         warnings.append(warning(pointer("techniques", "dpo", "beta"), f"beta {tech.dpo.beta} is unusually large (typical 0.05-0.5)"))
 

@@ -32,6 +32,15 @@ def workspace(tmp_path_factory):
         rows.append(json.dumps({"conversations": [{"role": "user", "content": f"what is {a} plus {b}"},
                                                   {"role": "assistant", "content": f"{a} plus {b} is {a + b}"}]}))
     sft.write_text("\n".join(rows) + "\n")
+    uneven, rng_uneven = [], random.Random(1)  # answers of very different lengths, some with reasoning: what token weighting is about
+    for i in range(60):
+        a, b = rng_uneven.randint(0, 4), rng_uneven.randint(0, 4)
+        answer = " ".join(f"{a} plus {b} is {a + b}" for _ in range(rng_uneven.choice([1, 1, 2, 5, 9])))
+        turn = {"role": "assistant", "content": answer}
+        if i % 3 == 0:
+            turn["reasoning_content"] = f"{a} and {b} make {a + b}"
+        uneven.append(json.dumps({"conversations": [{"role": "user", "content": f"what is {a} plus {b}"}, turn]}))
+    (root / "sft_uneven.jsonl").write_text("\n".join(uneven) + "\n")
     tokenizer = train_tokenizer([pretrain, sft], 320, root / "tok", min_frequency=1)
     spec = copy.deepcopy(TINY)
     spec["hyperparams"] |= {"vocab": tokenizer.vocab_size, "dtype": "float32", "seq_len": 64}

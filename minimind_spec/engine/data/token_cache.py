@@ -13,7 +13,9 @@ A preference pair is two samples, chosen (2i) then rejected (2i + 1); a pair whe
 keeps no response token within the length cap is a bad line (skipped with `skip_bad_lines`).
 The file is read as a stream in chunks and tokenized by worker processes, chunk results
 written in order, so peak memory does not grow with the file. The cache is built in a
-temporary directory and renamed into place: an interrupted build leaves nothing half-written.
+temporary directory and renamed into place: a failed build removes it, and a build killed
+outright leaves one that the next build removes (its process is gone), so nothing half-built
+is ever read or kept.
 """
 
 from __future__ import annotations
@@ -165,6 +167,21 @@ class TokenCache:
         return self.tokens[start:end], self.trained[start:end], self.reasoning[start:end]
 
 
+STAGING_PREFIX = ".building."
+
+
+def _remove_abandoned_builds(cache_dir: Path) -> None:
+    """Remove the staging directories of builds whose process is gone (killed mid-build): nothing half-built stays."""
+    for staging in cache_dir.glob(f"{STAGING_PREFIX}*"):
+        pid = staging.name.removeprefix(STAGING_PREFIX).split(".")[0]
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(staging, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
+
+
 def build_token_cache(data: str | Path, tokenizer: ChatTokenizer, kind: RecordKind, cache_dir: str | Path,
                       max_length: int | None = None, skip_bad_lines: bool = False, workers: int | None = None,
                       parallel_min_bytes: int = 4 << 20) -> TokenCache:
@@ -176,7 +193,8 @@ def build_token_cache(data: str | Path, tokenizer: ChatTokenizer, kind: RecordKi
     if (final / "meta.json").is_file():
         return TokenCache(final)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building.", dir=cache_dir))
+    _remove_abandoned_builds(cache_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}.", dir=cache_dir))
     try:
         meta = _write_cache(data, tokenizer, kind, max_length, skip_bad_lines, workers, staging, parallel_min_bytes)
         if meta.samples == 0:

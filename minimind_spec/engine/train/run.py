@@ -203,7 +203,9 @@ def _executed(stage: StagePlan, result: StageResult, precision: PrecisionRuntime
     peak = max(lrs) if lrs else None
     return {"precision": str(precision.executed()), "reference": None if reference is None else str(reference),
             "trainable_params": trainable, "peak_lr": peak, "first_lr": lrs[0] if lrs else None,
-            "warmup": round(peak / lrs[0]) if lrs and lrs[0] < peak else 0, "steps": result.steps,
+            # the ramp the first step's lr implies (peak / warmup; 0 and 1 step of warmup both start at the peak)
+            "warmup": round(peak / lrs[0]) if lrs and lrs[0] > 0 and result.resumed_from is None else None,
+            "steps": result.steps,
             "total_steps": result.total_steps, "micro_batch": stage.micro_batch, "grad_accumulation": stage.grad_accumulation,
             "resumed_from": result.resumed_from}
 
