@@ -7,14 +7,14 @@ Three modes, each printing a markdown table headed by the date, the machine and 
   many short conversations and a long tail (assistant answers of log-normally distributed
   length, some multi-turn, some with reasoning), trains a byte-level BPE tokenizer of 512 ids
   on it (the vocab of examples/demo/tiny.json) and uses the tiny spec with `seq_len` set to
-  `--seq-len`. Both layouts train the same number of optimizer steps through `run_stage`, from
+  `--seq-len`. Both layouts train the same number of optimizer steps through `train_stage`, from
   the same cache; useful tokens/s = the non-padding tokens the loop saw (the cumulative
-  `tokens` of the last metrics.jsonl row) / the wall time of `run_stage`.
+  `tokens` of the last metrics.jsonl row) / the wall time of `train_stage`.
 - `overhead`: the engine's cost over a bare training step on the same model, batch shape and
   precision. Bare: one batch collated once, then forward, `causal_lm_loss`, backward,
-  `clip_grad_norm_`, AdamW step, `zero_grad`. Engine: `run_stage` (progress off, no
+  `clip_grad_norm_`, AdamW step, `zero_grad`. Engine: `train_stage` (progress off, no
   evaluation, a checkpoint only at the last step) on pretraining rows of the same shape.
-  Overhead = engine time / bare time - 1, for the whole `run_stage` call (optimizer set-up and
+  Overhead = engine time / bare time - 1, for the whole `train_stage` call (optimizer set-up and
   the final checkpoint included) and for the loop's own per-step times (metrics.jsonl).
 - `memory`: peak RSS of `build_token_cache` on pretraining JSONL files of 10 MB and `--big-mb`
   MB, each built in a fresh subprocess: the builder's own high-water mark (/proc VmHWM) and the
@@ -179,65 +179,67 @@ class Setup:
     stage: Any  # StagePlan of the benchmarked stage
 
 
-def plan_stage(spec_path: Path, kind: str, data: Path, bf16: bool) -> Setup:
-    """The stage as `minimind-spec train` would plan it (batch, seq_len, optimizer settings)."""
+def plan_stage(spec_path: Path, kind: str, data: Path, bf16: bool, pack: bool = True, device: str = "cpu") -> Setup:
+    """The stage as `minimind-spec train` would plan it (batch, seq_len, optimizer settings, precision)."""
     from minimind_spec import build_graph, load_spec, resolve
+    from minimind_spec.config import TrainingOverrides
+    from minimind_spec.engine.train.devices import device_facts
     from minimind_spec.plan import PlanInputs, build_plan
+    from minimind_spec.stages import StageKind
 
-    resolved = resolve(load_spec(spec_path))
-    if bf16:
-        resolved = replace(resolved, model=replace(resolved.model, dtype="bfloat16"))
-    plan = build_plan(resolved, PlanInputs(data={kind: data}, stages=(kind,), tokenizer_vocab=VOCAB))
-    return Setup(resolved, build_graph(resolved), plan.stages[0])
+    resolved = resolve(load_spec(spec_path), overrides=TrainingOverrides(bf16=bf16 or None))
+    graph = build_graph(resolved)
+    plan = build_plan(resolved, PlanInputs(data={StageKind(kind): data}, stages=(StageKind(kind),), tokenizer_vocab=VOCAB,
+                                           pack=pack, device=device_facts(device)), graph)
+    return Setup(resolved, graph, plan.stages[0])
 
 
-def new_model(setup: Setup, seed: int) -> Any:
+def new_model(setup: Setup, seed: int, device: str = "cpu") -> Any:
     from minimind_spec.engine import compile_graph
 
-    return compile_graph(setup.graph, device="cpu", seed=seed)
+    return compile_graph(setup.graph, device=device, seed=seed)
 
 
-def autocast_dtype(setup: Setup) -> Any:
-    import torch
+def stage_parts(setup: Setup, cache: Any, tokenizer: Any, device: str = "cpu") -> Any:
+    """The stage's rows and objective from the stage registry's factory, as a run builds them."""
+    from minimind_spec.engine.train.precision import PrecisionRuntime
+    from minimind_spec.engine.train.stages import StageInputs, build_stage
 
-    return torch.bfloat16 if setup.resolved.model.dtype == "bfloat16" else None
-
-
-def loop_config(setup: Setup, run_dir: Path, steps: int, seed: int) -> Any:
-    """LoopConfig as engine/train/run.py builds it, minus evaluation, progress and checkpoints."""
-    from minimind_spec.engine.train.loop import LoopConfig
-    from minimind_spec.engine.train.run import spec_hash
-
-    stage = setup.stage
-    optim = replace(setup.resolved.training.optim, warmup=stage.warmup, grad_clip=stage.grad_clip)
-    return LoopConfig(run_dir=run_dir, optim=optim, max_steps=steps, batch_size=stage.batch_size,
-                      micro_batch=stage.micro_batch, seed=seed, spec_hash=spec_hash(setup.resolved),
-                      autocast_dtype=autocast_dtype(setup), eval_every=0, save_every=NO_SAVE, progress=False)
+    return build_stage(StageInputs(setup.stage, new_model(setup, 0, device), cache, tokenizer.pad_id, device,
+                                   PrecisionRuntime(setup.stage.precision, device), setup.resolved.model.moe is not None))
 
 
 @dataclass
 class EngineRun:
-    seconds: float  # the whole run_stage call
+    seconds: float  # the whole train_stage call
     loop_seconds: float  # sum of the loop's per-step times (metrics.jsonl: tokens / tokens_per_s)
     tokens: int  # non-padding tokens trained on (the last row's cumulative `tokens`)
     steps: int
 
 
-def time_engine(setup: Setup, runner: Any, steps: int, seed: int, workdir: Path) -> EngineRun:
-    """run_stage on a fresh model in a fresh run directory, timed."""
-    from minimind_spec.engine.train.loop import METRICS_FILE, run_stage
+def time_engine(setup: Setup, parts: Any, steps: int, seed: int, workdir: Path, device: str = "cpu",
+                compile_model: bool = False) -> EngineRun:
+    """train_stage on a fresh model in a fresh run directory (no evaluation, a checkpoint at the last step only), timed."""
+    from minimind_spec.engine.train.loop import LoopSettings, train_stage
+    from minimind_spec.engine.train.precision import PrecisionRuntime
+    from minimind_spec.metrics import METRICS_FILE, read_metrics
 
-    model = new_model(setup, seed)
+    model = new_model(setup, seed, device)
     run_dir = Path(tempfile.mkdtemp(prefix="run.", dir=workdir))
-    config = loop_config(setup, run_dir, steps, seed)
+    stage = replace(setup.stage, max_steps=steps)
+    settings = LoopSettings(run_dir, device, seed, eval_every=0, save_every=NO_SAVE, progress=False, compile=compile_model)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
     started = time.perf_counter()
-    result = run_stage(model, setup.graph, runner, config)
+    result = train_stage(stage, parts, model, setup.graph, settings, PrecisionRuntime(stage.precision, device))
     seconds = time.perf_counter() - started
-    rows = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    rows = read_metrics(run_dir / METRICS_FILE)
     shutil.rmtree(run_dir)
-    step_tokens = [rows[0]["tokens"]] + [b["tokens"] - a["tokens"] for a, b in zip(rows, rows[1:])]
-    loop_seconds = sum(t / row["tokens_per_s"] for t, row in zip(step_tokens, rows))
-    return EngineRun(seconds, loop_seconds, rows[-1]["tokens"], result.steps)
+    step_tokens = [rows[0].tokens] + [b.tokens - a.tokens for a, b in zip(rows, rows[1:])]
+    loop_seconds = sum(t / row.tokens_per_s for t, row in zip(step_tokens, rows))
+    return EngineRun(seconds, loop_seconds, rows[-1].tokens, result.steps)
 
 
 def interleave(repeats: int, sides: dict[str, Callable[[], Any]]) -> list[dict[str, Any]]:
@@ -262,29 +264,28 @@ def length_summary(lengths: Any, seq_len: int) -> str:
 
 def run_packing(args: argparse.Namespace) -> None:
     from minimind_spec.engine.data.token_cache import build_token_cache
-    from minimind_spec.engine.train.stages import language_model_runner
 
     workdir = args.workdir
     data = write_sft(workdir / "sft.jsonl", args.conversations, args.seed)
     tokenizer = tokenizer_for(data, workdir / "tokenizer")
-    setup = plan_stage(spec_with(workdir, args.seq_len, args.batch_size), "sft", data, args.bf16)
-    stage = setup.stage
+    spec = spec_with(workdir, args.seq_len, args.batch_size)
+    setups = {name: plan_stage(spec, "sft", data, args.bf16, pack=packed) for name, packed in (("packed", True), ("no-pack", False))}
+    stage = setups["packed"].stage
     cache = build_token_cache(data, tokenizer, "conversation", workdir / "cache", max_length=stage.seq_len)
-    runners = {packed: language_model_runner("sft", cache, stage.seq_len, tokenizer.pad_id, stage.label_smoothing, packed)
-               for packed in (True, False)}
-    time_engine(setup, runners[True], 2, args.seed, workdir)  # warm-up: kernels, allocator
-    runs = interleave(args.repeats, {name: (lambda p=packed: time_engine(setup, runners[p], args.steps, args.seed, workdir))
-                                     for name, packed in (("packed", True), ("no-pack", False))})
+    parts = {name: stage_parts(setup, cache, tokenizer) for name, setup in setups.items()}
+    time_engine(setups["packed"], parts["packed"], 2, args.seed, workdir)  # warm-up: kernels, allocator
+    runs = interleave(args.repeats, {name: (lambda n=name: time_engine(setups[n], parts[n], args.steps, args.seed, workdir))
+                                     for name in setups})
 
-    print_header("Training engine: packed SFT rows vs one padded sample per row")
+    print_header("Training engine: packed SFT rows (each sample isolated) vs one padded sample per row")
     print(f"- data: {length_summary(cache.lengths, stage.seq_len)}; {cache.meta.truncated} cut")
     print(f"- model: {TINY_SPEC.relative_to(ROOT)} with seq_len {stage.seq_len}, vocab {VOCAB}, "
           f"{stage.total_params:,} parameters, {stage.precision}; batch {stage.batch_size} rows x {stage.seq_len} tokens, "
           f"{args.steps} optimizer steps per run, {args.repeats} runs each (alternating)")
-    for packed, runner in runners.items():
-        layout = runner.layout
-        print(f"- {'packed' if packed else 'no-pack'}: {layout.rows:,} rows, {layout.efficiency:.1%} of the positions are real tokens")
-    print()
+    for name, part in parts.items():
+        print(f"- {name}: {part.data.summary}")
+    print("- packed rows attend block-diagonally (each sample to itself, positions from 0): SDPA with a (B, 1, T, T) mask "
+          "on the CPU; a row of one sample needs no mask\n")
     useful = {name: [r[name].tokens / r[name].seconds for r in runs] for name in ("packed", "no-pack")}
     step_s = {name: [r[name].seconds / r[name].steps for r in runs] for name in ("packed", "no-pack")}
     ratios = [p / n for p, n in zip(useful["packed"], useful["no-pack"])]
@@ -305,17 +306,17 @@ def time_bare(setup: Setup, batch: Any, steps: int, seed: int) -> float:
 
     from builders.techniques import causal_lm_loss
 
-    stage, optim = setup.stage, setup.resolved.training.optim
+    stage = setup.stage
     model = new_model(setup, seed)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=stage.betas, weight_decay=stage.weight_decay)
     clip = stage.grad_clip if stage.grad_clip is not None else float("inf")
-    dtype = autocast_dtype(setup)
+    dtype = torch.bfloat16 if setup.resolved.model.dtype == "bfloat16" else None
     started = time.perf_counter()
     for _ in range(steps):
         with torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext():
-            loss = causal_lm_loss(model(batch.input_ids).logits, batch.labels, label_smoothing=stage.label_smoothing)
+            loss = causal_lm_loss(model(batch.input_ids).logits, batch.labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
@@ -325,7 +326,6 @@ def time_bare(setup: Setup, batch: Any, steps: int, seed: int) -> float:
 
 def run_overhead(args: argparse.Namespace) -> None:
     from minimind_spec.engine.data.token_cache import build_token_cache
-    from minimind_spec.engine.train.stages import collate, language_model_runner
 
     workdir = args.workdir
     data = write_pretrain(workdir / "pretrain.jsonl", args.data_mb, args.seed)
@@ -333,18 +333,18 @@ def run_overhead(args: argparse.Namespace) -> None:
     setup = plan_stage(spec_with(workdir, args.seq_len, args.batch_size), "pretrain", data, args.bf16)
     stage = setup.stage
     cache = build_token_cache(data, tokenizer, "pretrain", workdir / "cache")
-    runner = language_model_runner("pretrain", cache, stage.seq_len, tokenizer.pad_id, stage.label_smoothing)
-    batch = collate([runner.row(int(i)) for i in runner.train_rows[:stage.batch_size]], "cpu")
+    parts = stage_parts(setup, cache, tokenizer)
+    batch = parts.data.batch(parts.data.train_rows[:stage.batch_size].tolist(), "cpu")
     time_bare(setup, batch, 3, args.seed)  # warm-up: kernels, allocator
     runs = interleave(args.repeats, {"bare": lambda: time_bare(setup, batch, args.steps, args.seed),
-                                     "engine": lambda: time_engine(setup, runner, args.steps, args.seed, workdir)})
+                                     "engine": lambda: time_engine(setup, parts, args.steps, args.seed, workdir)})
 
-    print_header("Training engine: run_stage vs a bare training step")
+    print_header("Training engine: train_stage vs a bare training step")
     print(f"- model: {TINY_SPEC.relative_to(ROOT)} with seq_len {stage.seq_len}, vocab {VOCAB}, "
           f"{stage.total_params:,} parameters, {stage.precision}; batch {stage.batch_size} x {stage.seq_len} "
           f"(micro-batch {stage.micro_batch}); {args.steps} optimizer steps per run, {args.repeats} runs each (alternating)")
-    print(f"- engine data: {cache.meta.tokens:,} pretraining tokens, {len(runner.train_rows):,} training rows")
-    print("- engine (call): the whole run_stage call, optimizer set-up and final checkpoint included; "
+    print(f"- engine data: {cache.meta.tokens:,} pretraining tokens, {len(parts.data.train_rows):,} training rows")
+    print("- engine (call): the whole train_stage call, optimizer set-up and final checkpoint included; "
           "engine (loop): the sum of its per-step times in metrics.jsonl\n")
     bare = [args.steps / r["bare"] for r in runs]
     call = [r["engine"].steps / r["engine"].seconds for r in runs]
@@ -440,7 +440,7 @@ def parser() -> argparse.ArgumentParser:
     packing.add_argument("--seq-len", type=int, default=512, help="row length (the spec's seq_len)")
     packing.add_argument("--batch-size", type=int, default=None, help="rows per step (default: the spec's, 16)")
 
-    overhead = mode("overhead", "steps/s of the engine's run_stage vs a bare forward/backward/AdamW loop", steps=60)
+    overhead = mode("overhead", "steps/s of the engine's train_stage vs a bare forward/backward/AdamW loop", steps=60)
     overhead.add_argument("--data-mb", type=float, default=4, help="pretraining data generated for the engine's rows")
     overhead.add_argument("--seq-len", type=int, default=None, help="row length (default: the spec's, 128)")
     overhead.add_argument("--batch-size", type=int, default=None, help="rows per step (default: the spec's, 16)")

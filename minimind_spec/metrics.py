@@ -12,11 +12,10 @@ file reads with any JSONL tool. Torch-free.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -85,7 +84,7 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled  # False on the ranks that do not log
-        self._handle: Any = None
+        self._handle: IO[str] | None = None
 
     def keep_until(self, step: int) -> None:
         if self.enabled and self.path.is_file():
@@ -96,7 +95,7 @@ class MetricsLog:
         if not self.enabled:
             return
         if self._handle is None:
-            self._handle = open(self.path if self.enabled else os.devnull, "a", encoding="utf-8")
+            self._handle = open(self.path, "a", encoding="utf-8")
         self._handle.write(json.dumps(row.to_json()) + "\n")
         self._handle.flush()
 
@@ -110,6 +109,3 @@ class MetricsLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __iter__(self) -> Iterator[MetricsRow]:
-        return iter(read_metrics(self.path))

@@ -190,7 +190,7 @@ def main() -> None:
     init = ["--init", str(runs["base"] / "pretrain")]
     runs["sft"] = train(out, "student.json", "sft", "--stage", "sft", "--no-lora", *init, *sft, "--max-steps", steps["sft"])
     runs["dpo"] = train(out, "student.json", "dpo", "--stage", "dpo", "--no-lora", "--init", str(runs["sft"]), *pairs,
-                        "--max-steps", steps["dpo"], "--lr", "3e-4")
+                        "--max-steps", steps["dpo"])  # the DPO recipe's lr (1e-6, trl's default): the spec sets none
     runs["teacher"] = train(out, "teacher.json", "teacher", *pretrain, *sft, "--max-steps", steps["teacher"])
     runs["distill"] = train(out, "student.json", "distill", "--stage", "distill", "--no-lora", *init, "--teacher",
                             str(runs["teacher"]), "--distill-data", str(data / "sft.jsonl"), "--max-steps", steps["sft"])

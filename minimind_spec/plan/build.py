@@ -23,7 +23,7 @@ from pathlib import Path
 import networkx as nx
 
 from ..config import ResolvedSpec, StageSettings
-from ..errors import Problem, SpecError
+from ..errors import InputError, Problem, SpecError
 from ..graph import BASE_ROLES, Costs, ParamRole, build_graph, graph_costs, params_with_roles
 from ..graph.declared import lora_declared_problems
 from ..model_files import find_model
@@ -86,11 +86,10 @@ def _reference_mode(context: _Context, definition: StageDefinition, earlier: lis
 
 
 def _init_has_adapters(init: Path) -> bool:
+    """The --init model carries LoRA adapters (which an earlier run may have trained)."""
     try:
         return find_model(init).has_adapters()
-    except SpecError:
-        return False
-    except Exception:  # noqa: BLE001 - an unreadable --init is reported when the run loads it
+    except InputError:  # nothing there: the run says so when it loads --init
         return False
 
 

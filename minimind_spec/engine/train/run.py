@@ -118,10 +118,14 @@ def check_out_dir(out: Path, resolved: ResolvedSpec, force: bool) -> None:
 
 
 def check_resume(stage_dir: Path, resolved: ResolvedSpec, stage: StagePlan, options: RunOptions) -> None:
-    """A stage that resumes must have been trained with the same decisions: each change is listed;
-    --force resumes anyway (with a warning per change)."""
+    """Before any work: a stage with checkpoints is continued only with --resume, and only when it was
+    trained with the same decisions (each change is listed; --force resumes anyway, warning per change)."""
+    checkpoint = latest_checkpoint(stage_dir)
+    if checkpoint is not None and not options.resume:
+        raise CheckpointError(f"{stage_dir} already holds a run (at {checkpoint.name}): --resume continues it, "
+                              "or choose another --out")
     plan_file = stage_dir / PLAN_FILE
-    if not options.resume or not plan_file.is_file() or latest_checkpoint(stage_dir) is None:
+    if not options.resume or not plan_file.is_file() or checkpoint is None:
         return
     saved = json.loads(plan_file.read_text())
     changes = value_changes(saved.get("record", {}), stage_record(resolved, stage))
