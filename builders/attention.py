@@ -4,7 +4,8 @@ masks, attention dropout, RoPE, a static KV cache, and three interchangeable bac
 - eager:       explicit softmax(q k^T / sqrt(d) + mask) v, float32 softmax (the reference)
 - sdpa:        torch.nn.functional.scaled_dot_product_attention
 - flash-attn2: the `flash_attn` package, used when it imports and the tensors are CUDA
-               fp16/bf16 with no padding mask; otherwise SDPA, with a one-time notice.
+               fp16/bf16 with no padding mask; otherwise SDPA (logged once at INFO; a training
+               run's plan says which backend runs and why).
 
 Masks are built once per forward by the model (`build_attention_mask`, or
 `PackedRows.attention_mask` for packed rows) as an additive float tensor (0 where a query may
@@ -15,9 +16,9 @@ takes the sample boundaries (`cu_seqlens`) instead.
 
 from __future__ import annotations
 
+import logging
 import math
-import warnings
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,18 +34,21 @@ if TYPE_CHECKING:
 BackendName = Literal["flash-attn2", "sdpa", "eager"]
 
 try:  # optional dependency; never required
-    from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore[import-not-found]
-    from flash_attn import flash_attn_varlen_func as _flash_attn_varlen_func  # type: ignore[import-not-found]
+    from flash_attn import flash_attn_func as _flash_attn_func
+    from flash_attn import flash_attn_varlen_func as _flash_attn_varlen_func
 except Exception:  # noqa: BLE001 - any import failure means "not available"
     _flash_attn_func = _flash_attn_varlen_func = None
 
+_log = logging.getLogger(__name__)
 _NOTICES_GIVEN: set[str] = set()
 
 
 def _notice_once(reason: str) -> None:
+    """Log (once per reason) that flash-attn2 fell back to SDPA. A training run says so itself, once, from its
+    plan (`plan.attention_backend`); a library user sees it with logging at INFO."""
     if reason not in _NOTICES_GIVEN:
         _NOTICES_GIVEN.add(reason)
-        warnings.warn(f"flash-attn2 requested but {reason}; using PyTorch SDPA instead", RuntimeWarning, stacklevel=3)
+        _log.info("flash-attn2 requested but %s; using PyTorch SDPA instead", reason)
 
 
 def build_attention_mask(
@@ -166,5 +170,5 @@ class Attention(nn.Module):
         return self.o_proj(out)  # (B, T, D)
 
 
-def build_attention(**kwargs: object) -> Attention:
-    return Attention(**kwargs)  # type: ignore[arg-type]
+def build_attention(**kwargs: Any) -> Attention:
+    return Attention(**kwargs)

@@ -99,6 +99,11 @@ class MiniMindModel(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.norm = norm
 
+    @property
+    def decoder_layers(self) -> list[DecoderLayer]:
+        """The layers, typed (a ModuleList's items are plain modules to a type checker)."""
+        return [layer for layer in self.layers if isinstance(layer, DecoderLayer)]
+
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
                 cache: StaticKVCache | None, offset: int, token_mask: torch.Tensor | None,
                 hidden_states: list[torch.Tensor] | None = None,
@@ -113,7 +118,7 @@ class MiniMindModel(nn.Module):
             assert self.embed_positions is not None
             x = x + self.embed_positions(position_ids)  # (B, T, D)
         aux_total = None
-        for layer in self.layers:
+        for layer in self.decoder_layers:
             if hidden_states is not None:
                 hidden_states.append(x)
             x, aux = layer(x, cos, sin, mask, cache, offset, token_mask, packed)
@@ -154,7 +159,9 @@ class MiniMindForCausalLM(nn.Module):
     def tie_weights(self) -> None:
         """Share `lm_head.weight` with the token embedding when the spec ties them."""
         if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+            shared = self.model.embed_tokens.weight
+            assert isinstance(shared, nn.Parameter)  # typed as a Tensor by nn.Embedding
+            self.lm_head.weight = shared
 
     @property
     def vocab_size(self) -> int:
@@ -201,7 +208,7 @@ class MiniMindForCausalLM(nn.Module):
         if aux is None:
             aux = logits.new_zeros((), dtype=torch.float32)
         counts = None
-        moe_layers = [layer.mlp for layer in self.model.layers if isinstance(layer.mlp, MoE)]
+        moe_layers = [layer.mlp for layer in self.model.decoder_layers if isinstance(layer.mlp, MoE)]
         if moe_layers:
             counts = torch.stack([moe.expert_counts for moe in moe_layers])  # (MoE layers, E)
         return CausalLMOutput(
@@ -213,7 +220,7 @@ class MiniMindForCausalLM(nn.Module):
 
     def _varlen_kernel(self, device_type: str, dtype: torch.dtype) -> bool:
         """True when every layer's attention takes packed rows through flash-attn's variable-length kernel."""
-        layers = [layer.self_attn for layer in self.model.layers]
+        layers = [layer.self_attn for layer in self.model.decoder_layers]
         return all(attn.backend == "flash-attn2" for attn in layers) and flash_unavailable(device_type, dtype) is None
 
     def new_cache(self, batch_size: int, max_length: int, device: torch.device | str | None = None,

@@ -41,6 +41,10 @@ class Router(nn.Module):
 
 
 class MoE(nn.Module):
+    experts: nn.ModuleList
+    shared_experts: nn.ModuleList
+    expert_counts: torch.Tensor  # (E,) int64 buffer: tokens per expert in the last forward
+
     def __init__(self, *, gate: Router, experts: list[GatedMLP], shared_experts: list[GatedMLP], top_k: int,
                  norm_topk_prob: bool, aux_loss_weight: float) -> None:
         super().__init__()

@@ -16,7 +16,7 @@ The cos/sin tables are computed once (float32) for every position up to
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ def rope_inverse_frequencies(
         return head_dim * math.log(original_max_position_embeddings / (rotations * 2 * math.pi)) / (2 * math.log(theta))
 
     low = max(math.floor(correction_dim(beta_fast)), 0)
-    high = min(math.ceil(correction_dim(beta_slow)), head_dim - 1)
+    high: float = min(math.ceil(correction_dim(beta_slow)), head_dim - 1)
     if low == high:
         high += 0.001  # avoid a zero-width ramp
     ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)  # (d/2,)
@@ -60,6 +60,9 @@ def rope_inverse_frequencies(
 class RotaryEmbedding(nn.Module):
     """Precomputed cos/sin tables; forward(position_ids) -> (cos, sin) for those positions."""
 
+    cos_table: torch.Tensor  # (max_position_embeddings, head_dim) float32 buffers
+    sin_table: torch.Tensor
+
     def __init__(
         self, *, head_dim: int, max_position_embeddings: int, theta: float, scaling: RopeScalingKind = "none",
         factor: float = 1.0, original_max_position_embeddings: int = 2048, beta_fast: float = 32.0,
@@ -68,7 +71,7 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.head_dim = head_dim
         self.max_position_embeddings = max_position_embeddings
-        self.frequency_args = dict(
+        self.frequency_args: dict[str, Any] = dict(
             head_dim=head_dim, theta=theta, scaling=scaling, factor=factor,
             original_max_position_embeddings=original_max_position_embeddings,
             beta_fast=beta_fast, beta_slow=beta_slow, attention_factor=attention_factor,
@@ -133,8 +136,8 @@ class LearnedPositionEmbedding(nn.Module):
         return self.weight[position_ids]
 
 
-def build_rope(**kwargs: object) -> RotaryEmbedding:
-    return RotaryEmbedding(**kwargs)  # type: ignore[arg-type]
+def build_rope(**kwargs: Any) -> RotaryEmbedding:
+    return RotaryEmbedding(**kwargs)
 
 
 def build_position_embedding(*, num_embeddings: int, dim: int) -> LearnedPositionEmbedding:

@@ -15,3 +15,8 @@ $PY -m minimind_spec train examples/demo/tiny.json --pretrain-data "$OUT/data/pr
 echo "Q: what is three plus four?"
 echo -n "A: "
 $PY -m minimind_spec generate "$OUT/run" "what is three plus four?" --max-new-tokens 24
+if ls "$OUT"/run/*/loss.png >/dev/null 2>&1; then
+  echo "loss plots: $(ls "$OUT"/run/*/loss.png | tr '\n' ' ')(TensorBoard: tensorboard --logdir $OUT/run)"
+else
+  echo "no loss plots: matplotlib is not installed here (make demo installs it)"
+fi

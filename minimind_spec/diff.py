@@ -302,7 +302,8 @@ def cost_deltas(a: Costs, b: Costs, seq_len_a: int, seq_len_b: int) -> list[Cost
 # ----- the whole diff -----
 
 def _side(path: Path, resolved: ResolvedSpec) -> Side:
-    ablation = resolved.spec.ablation.model_dump() if resolved.spec.ablation is not None else None
+    spec = resolved.spec
+    ablation = spec.ablation.model_dump() if spec is not None and spec.ablation is not None else None
     return Side(str(path), resolved.name, resolved.variant, ablation)
 
 

@@ -181,7 +181,8 @@ def load_document(path: str | Path, _stack: tuple[Path, ...] = ()) -> LoadedDocu
     _accept_alias_spellings(data)
 
     here = path.resolve()
-    chain, own_data = (path,), (data,)
+    chain: tuple[Path, ...] = (path,)
+    own_data: tuple[dict[str, Any], ...] = (data,)
     base_ref = data.pop("extends", None)
     if base_ref is not None:
         if not isinstance(base_ref, str) or not base_ref.strip():

@@ -100,10 +100,8 @@ def find_model(path: Path) -> ModelFiles:
     found = _stage_model(path)  # a stage directory
     if found is not None:
         return found
-    for stage in STAGES_NEWEST_FIRST:  # a run directory: the newest finished stage
-        if _complete(path / stage / FINAL):
-            return _stage_model(path / stage)  # type: ignore[return-value]
-    for stage in STAGES_NEWEST_FIRST:  # nothing finished: the newest stage's latest checkpoint
+    finished = [stage for stage in STAGES_NEWEST_FIRST if _complete(path / stage / FINAL)]
+    for stage in [*finished, *STAGES_NEWEST_FIRST]:  # a run: its newest finished stage, else the newest checkpoint
         found = _stage_model(path / stage)
         if found is not None:
             return found

@@ -190,7 +190,7 @@ def _resolve_optim(spec: Spec, record: _Recorder, cli: TrainingOverrides) -> Opt
     return OptimConfig(
         optimizer=record.take("training.optim.optimizer", optim, "optimizer", opath),
         lr=record.take("training.optim.lr", optim, "lr", opath, cli=("--lr", cli.lr)),
-        betas=tuple(record.take("training.optim.betas", optim, "betas", opath)),  # type: ignore[arg-type]
+        betas=tuple(record.take("training.optim.betas", optim, "betas", opath)),
         weight_decay=record.take("training.optim.weight_decay", reg, "weight_decay", rpath,
                                  cli=("--weight-decay", cli.weight_decay)),
         scheduler=record.take("training.optim.scheduler", optim, "scheduler", opath),
@@ -248,7 +248,7 @@ def _stage_value(spec: Spec, definition: StageDefinition, name: str, record: _Re
 
 def _resolve_stages(spec: Spec, record: _Recorder, cli: TrainingOverrides, max_positions: int,
                     lora: bool) -> dict[str, StageSettings]:
-    stages = {}
+    stages: dict[str, StageSettings] = {}
     for definition in STAGES:
         adapters = lora and definition.adapter_mode
         settings = StageSettings(**{name: _stage_value(spec, definition, name, record, cli, adapters) for name in _STAGE_FIELDS})

@@ -184,7 +184,8 @@ def _check_misc(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> N
         if point.from_ == point.to:
             errors.append(Problem(pointer("concat_merge_points", i, "to"), f"merge point goes from {point.to!r} to itself"))
     total = spec.total_params
-    if None not in (total.all, total.trainable, total.frozen) and total.trainable + total.frozen != total.all:
+    if total.all is not None and total.trainable is not None and total.frozen is not None and \
+            total.trainable + total.frozen != total.all:
         warnings.append(warning(pointer("total_params"), f"declared trainable {total.trainable:,} + frozen {total.frozen:,} != all {total.all:,}"))
     _repeated(spec.backbone.variants, pointer("backbone", "variants"), "variant", warnings)
     build_variant = spec.backbone.build_variant

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import jsonschema
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from .errors import Problem, pointer
 from .schema import Spec, SpecOrigin
@@ -114,7 +115,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _problem_from_pydantic(error: dict[str, Any]) -> Problem:
+def _problem_from_pydantic(error: ErrorDetails) -> Problem:
     path, annotation, parent = _walk(tuple(error["loc"]))
     kind = error["type"]
     value = error.get("input")
@@ -206,11 +207,10 @@ def _placeholder(annotation: Any, high: bool = False, bounds: list[Any] | None =
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return {}
     if annotation in (int, float) and high:
-        top = next((getattr(b, "le", None) for b in bounds or [] if getattr(b, "le", None) is not None), None)
-        top = top if top is not None else next((getattr(b, "lt", None) - 1 for b in bounds or []
-                                                if getattr(b, "lt", None) is not None), 10**6)
-        return annotation(top)
-    return {bool: False, int: 1, float: 1.0, str: "placeholder"}.get(annotation, None)  # type: ignore[call-overload]
+        highest = [b.le for b in bounds or [] if getattr(b, "le", None) is not None]
+        below = [b.lt - 1 for b in bounds or [] if getattr(b, "lt", None) is not None]
+        return annotation((highest or below or [10**6])[0])
+    return {bool: False, int: 1, float: 1.0, str: "placeholder"}.get(annotation, None)
 
 
 def _without_bad_fields(data: dict[str, Any], high: bool = False) -> tuple[Spec | None, tuple[str, ...]]:

@@ -106,15 +106,34 @@ def _signature(model: CausalLM) -> tuple[object, ...]:
     return params, merged
 
 
+@dataclass(frozen=True)
+class LayerParts:
+    """A decoder layer's submodules, typed (nn.Module's attributes are `Tensor | Module` to a type checker)."""
+
+    attention: Attention
+    input_norm: nn.Module
+    post_attention_norm: nn.Module
+    mlp: nn.Module
+
+
+def layer_parts(layer: nn.Module) -> LayerParts:
+    attention, first, second, mlp = layer.self_attn, layer.input_layernorm, layer.post_attention_layernorm, layer.mlp
+    if not (isinstance(attention, Attention) and isinstance(first, nn.Module) and isinstance(second, nn.Module)
+            and isinstance(mlp, nn.Module)):
+        raise TypeError(f"{type(layer).__name__} is not a MiniMind decoder layer")
+    return LayerParts(attention, first, second, mlp)
+
+
 @torch.no_grad()
 def _pack(model: CausalLM, signature: tuple[object, ...]) -> PackedWeights:
     layers = []
     for layer in model.model.layers:
-        attn = layer.self_attn
+        parts = layer_parts(layer)
+        attn = parts.attention
         qkv = torch.cat([_effective_weight(attn.q_proj), _effective_weight(attn.k_proj), _effective_weight(attn.v_proj)])
         gate_up = down = None
-        if isinstance(layer.mlp, GatedMLP):
-            mlp = layer.mlp
+        if isinstance(parts.mlp, GatedMLP):
+            mlp = parts.mlp
             gate_up = PackedLinear(torch.cat([_effective_weight(mlp.gate_proj), _effective_weight(mlp.up_proj)]))
             down = PackedLinear(_effective_weight(mlp.down_proj))
         layers.append(PackedLayer(qkv=PackedLinear(qkv), o=PackedLinear(_effective_weight(attn.o_proj)),
@@ -202,9 +221,10 @@ class DecodeStep:
             sin = self.rotary.sin_table[position][:, None].to(x.dtype)
         mask = self.additive_mask[..., :offset + 1] if self.additive_mask is not None else None  # (B, 1, 1, S)
         for index, (layer, weights) in enumerate(zip(stack.layers, packed.layers)):
-            attn = layer.self_attn
+            parts = layer_parts(layer)
+            attn = parts.attention
             H, Hkv, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
-            qkv = weights.qkv(_norm(layer.input_layernorm, x))  # (B, (H + 2 Hkv) d)
+            qkv = weights.qkv(_norm(parts.input_norm, x))  # (B, (H + 2 Hkv) d)
             qk = qkv[:, :(H + Hkv) * d].view(B, H + Hkv, d)
             if cos is not None and sin is not None:
                 qk = torch.addcmul(qk * cos, rotate_half(qk), sin)  # (B, H + Hkv, d), q and k rotated together
@@ -216,20 +236,20 @@ class DecodeStep:
             keys, values = key_buf.narrow(2, 0, offset + 1), value_buf.narrow(2, 0, offset + 1)  # (B, Hkv, S, d)
             out = BACKENDS[attn.backend](q, keys, values, mask, 0.0, False)  # (B, H, 1, d)
             x = x + weights.o(out.view(B, H * d))  # (B, D); x is this step's own tensor from here on
-            h = _norm(layer.post_attention_layernorm, x)  # (B, D)
-            if weights.gate_up is not None and weights.down is not None:
+            h = _norm(parts.post_attention_norm, x)  # (B, D)
+            if weights.gate_up is not None and weights.down is not None and isinstance(parts.mlp, GatedMLP):
                 gate_up = weights.gate_up(h)  # (B, 2 hidden)
                 hidden = gate_up.shape[1] // 2
-                x.add_(weights.down(layer.mlp.act_fn(gate_up[:, :hidden]).mul_(gate_up[:, hidden:])))
+                x.add_(weights.down(parts.mlp.act_fn(gate_up[:, :hidden]).mul_(gate_up[:, hidden:])))
             else:
-                x = x + layer.mlp(h[:, None], None)[0][:, 0]  # MoE: its own module on (B, 1, D)
+                x = x + parts.mlp(h[:, None], None)[0][:, 0]  # MoE: its own module on (B, 1, D)
         cache.advance(1)
         if self.positions is not None:
             self.positions += 1
         return packed.lm_head(_norm(stack.norm, x))  # (B, V)
 
 
-def supports_fast_decode(model: nn.Module) -> bool:
+def supports_fast_decode(model: object) -> bool:
     """Whether `DecodeStep` can run this model (the compiled MiniMind layout)."""
     layers = getattr(getattr(model, "model", None), "layers", None)
     return layers is not None and all(isinstance(layer.self_attn, Attention) for layer in layers)

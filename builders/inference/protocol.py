@@ -5,6 +5,7 @@ the inference modules importing it back.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import torch
@@ -20,21 +21,36 @@ class LogitsOutput(Protocol):
 
 
 class DecoderStack(Protocol):
-    """The `model.` part of a causal LM: embeddings, decoder layers, final norm."""
+    """The `model.` part of a causal LM: embeddings, decoder layers, final norm (read-only members)."""
 
-    embed_tokens: nn.Embedding
-    embed_positions: LearnedPositionEmbedding | None
-    rotary_emb: RotaryEmbedding | None
-    layers: nn.ModuleList
-    norm: nn.Module
+    @property
+    def embed_tokens(self) -> nn.Embedding: ...
+
+    @property
+    def embed_positions(self) -> LearnedPositionEmbedding | None: ...
+
+    @property
+    def rotary_emb(self) -> RotaryEmbedding | None: ...
+
+    @property
+    def layers(self) -> nn.ModuleList: ...
+
+    @property
+    def norm(self) -> nn.Module: ...
 
 
 class CausalLM(Protocol):
     """A causal language model with a static KV cache (MiniMindForCausalLM is one)."""
 
-    model: DecoderStack
-    lm_head: Projection
-    max_position_embeddings: int
+    @property
+    def model(self) -> DecoderStack: ...
+
+    @property
+    def lm_head(self) -> Projection: ...
+
+    @property
+    def max_position_embeddings(self) -> int: ...
+
     training: bool
 
     def __call__(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
@@ -43,9 +59,9 @@ class CausalLM(Protocol):
 
     def new_cache(self, batch_size: int, max_length: int) -> StaticKVCache: ...
 
-    def parameters(self, recurse: bool = True): ...  # noqa: ANN201 - nn.Module's
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
-    def modules(self): ...  # noqa: ANN201 - nn.Module's
+    def modules(self) -> Iterator[nn.Module]: ...
 
     def train(self, mode: bool = True) -> nn.Module: ...
 

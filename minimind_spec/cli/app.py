@@ -20,14 +20,17 @@ from rich.markup import escape
 
 from ..errors import InputError, Problem, Severity, SpecError
 
+_typed_display: Callable[[TyperOption, click.Context], str | None] | None = getattr(TyperOption, "display_type_rich", None)
+
+
 def _flags_without_a_type(option: TyperOption, ctx: click.Context) -> str | None:
     """Typer shows `<bool>` in the type column of a flag, which takes no value: show nothing there."""
+    assert _typed_display is not None
     return None if option.is_flag else _typed_display(option, ctx)
 
 
-_typed_display = getattr(TyperOption, "display_type_rich", None)
-if _typed_display is not None:  # typer versions that show a type column for flags
-    TyperOption.display_type_rich = _flags_without_a_type  # type: ignore[method-assign]
+if _typed_display is not None:  # typer versions that show a type column for flags: replace that method
+    setattr(TyperOption, "display_type_rich", _flags_without_a_type)
 
 app = typer.Typer(
     name="minimind-spec",

@@ -3,6 +3,7 @@ then a table of estimates; and the end-of-run summary `train` prints."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ def _rows(plan: StagePlan) -> list[str]:
         f"micro-batch {plan.micro_batch}, accumulation {plan.grad_accumulation}"
         f"{f', {plan.processes} processes' if plan.processes > 1 else ''} [dim](memory only: the result does not change)[/dim]",
         f"grad clip {clip} [dim]({prov['grad_clip']})[/dim], {plan.precision}, fp32 master weights",
+        f"attention: {plan.attention}" + (f" [dim]({escape(plan.attention_note)})[/dim]" if plan.attention_note else ""),
     ]
     length = f"{plan.max_steps} steps" if plan.max_steps is not None else f"{plan.epochs} epoch{'s' if plan.epochs != 1 else ''}"
     memory = plan.memory
@@ -99,10 +101,26 @@ def print_plan(training_plan: TrainingPlan, source: str) -> None:
 
 
 def print_warnings(training_plan: TrainingPlan) -> None:
-    """Before a run: each stage's warnings, one line each."""
+    """Before a run: each attention fallback once, then each stage's warnings, one line each."""
+    for note in dict.fromkeys(p.attention_note for p in training_plan.stages if p.attention_note):
+        err_console.print(f"note: {escape(note or '')}; attention uses PyTorch SDPA")
     for plan in training_plan.stages:
         for warning in plan.warnings:
             err_console.print(f"[yellow]warning[/yellow] {plan.kind}: {escape(warning)}")
+
+
+def print_outputs(training_plan: TrainingPlan, out: Path) -> None:
+    """After a run: where its loss plots and TensorBoard events are, or why there are none."""
+    stages = [out / plan.kind for plan in training_plan.stages]
+    plots = [stage / "loss.png" for stage in stages if (stage / "loss.png").is_file()]
+    if plots:
+        console.print("loss plots: " + ", ".join(str(p) for p in plots), markup=False)
+    elif importlib.util.find_spec("matplotlib") is None:
+        err_console.print("no loss plot: matplotlib is not installed here (pip install matplotlib; `make demo` installs it)")
+    if any((stage / "tensorboard").is_dir() for stage in stages):
+        console.print(f"TensorBoard events: {out}/<stage>/tensorboard (tensorboard --logdir {out})", markup=False)
+    elif importlib.util.find_spec("tensorboard") is None:
+        err_console.print("no TensorBoard events: tensorboard is not installed here (pip install tensorboard)")
 
 
 def print_results(training_plan: TrainingPlan, results: list[Any], out: Path) -> None:

@@ -34,7 +34,7 @@ def render_command(
 ) -> None:
     """Draw the module graph (the one that compiles) with shapes and parameter counts."""
     graph = build_graph(resolve(load_spec(spec), variant))
-    text = render(graph, fmt, expand)  # type: ignore[arg-type]
+    text = render(graph, fmt, expand)
     if fmt in ("mermaid", "md") and text.count("-->") + text.count("==>") + text.count("-.->") > MERMAID_MAX_EDGES:
         err_console.print(f"[yellow]warning[/yellow] more than {MERMAID_MAX_EDGES} edges: mermaid's default limit (GitHub's too) "
                           "refuses this diagram; drop --expand, or use --format html, which raises the limit", markup=True)

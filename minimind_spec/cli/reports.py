@@ -114,9 +114,3 @@ def write_build_outputs(result: BuildResult, out: Path, device: str, seed: int, 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [out / name for name in names]
-    if weights is None:
-        written += write_model_files(result.resolved, out, device=device, seed=seed)
-    else:
-        written += write_model_files(result.resolved, out, device=device, weights=weights.weights,
-                                     extra_files=weights.tokenizer_files)
-    return written

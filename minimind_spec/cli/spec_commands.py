@@ -43,7 +43,7 @@ def validate(path: SpecPath, as_json: AsJson = False) -> None:
             print_json({"valid": False, "source": str(path), "problems": [p.as_dict() for p in error.problems]})
             raise typer.Exit(2) from None
         raise
-    warnings = spec.origin.warnings
+    warnings = spec.origin.warnings if spec.origin is not None else ()
     if as_json:
         print_json({"valid": True, "source": str(path), "problems": [p.as_dict() for p in warnings]})
         return

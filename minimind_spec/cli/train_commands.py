@@ -24,7 +24,7 @@ from ..resolve import resolve
 from ..stages import STAGE_ORDER, STAGES, StageKind
 from .app import app, err_console, guarded, print_json
 from .options import AsJson, SpecPath, Variant
-from .plan_report import print_plan, print_results, print_warnings
+from .plan_report import print_outputs, print_plan, print_results, print_warnings
 
 EXIT_INTERRUPTED = 130
 
@@ -42,7 +42,7 @@ def with_stage_data_options(command: Callable[..., Any]) -> Callable[..., Any]:
                               annotation=Annotated[Path | None, _opt(d.data_flag, d.data_flag.replace("-", "_").replace("__", "--"),
                                                                      help=f"{d.summary.capitalize()}: {d.data_format}.")])
             for d in STAGES]
-    command.__signature__ = signature.replace(parameters=[*fixed, *data])  # type: ignore[attr-defined]
+    setattr(command, "__signature__", signature.replace(parameters=[*fixed, *data]))  # what typer reads
     return command
 
 
@@ -160,7 +160,7 @@ def train_command(
 
         tokenizer_vocab = load_tokenizer(tokenizer).vocab_size
     runs = not plan or probe  # torch is loaded: the device can be asked what it supports
-    facts = _device_facts(device) if runs else DeviceFacts(kind=device if device in ("cpu", "cuda", "mps") else "auto")
+    facts = _device_facts(device) if runs else DeviceFacts.named(device)
     inputs = PlanInputs(
         data={StageKind(kind.removesuffix("_data")): path for kind, path in stage_data.items() if path is not None},
         init=init, teacher=teacher, stages=tuple(StageKind(s) for s in stage) if stage else None, tokens_per_s=tokens_per_s,
@@ -223,6 +223,7 @@ def _run(resolved: Any, graph: Any, training_plan: TrainingPlan, tokenizer: Path
     if not main:
         return
     print_results(training_plan, results, out)
+    print_outputs(training_plan, out)
     if results and results[-1].interrupted:
         err_console.print("interrupted, saved: the same command with --resume continues "
                           f"{'it, then the rest' if len(results) < len(training_plan.stages) else 'it'}")

@@ -21,9 +21,10 @@ from ..model_files import find_model
 def generate_text(path: Path, prompt: str, *, chat: bool, tokenizer_dir: Path | None = None, max_new_tokens: int = 64,
                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, device: str = "cpu") -> str:
     files = find_model(path)
-    if tokenizer_dir is None and files.tokenizer_dir is None:
+    where = tokenizer_dir or files.tokenizer_dir
+    if where is None:
         raise InputError(f"{path}: no tokenizer.json beside the model; pass --tokenizer DIR")
-    tokenizer = load_tokenizer(tokenizer_dir or files.tokenizer_dir)
+    tokenizer = load_tokenizer(where)
     model = load_model(files.config, files.weights, device=device).eval()
     text = render(Conversation((Turn("user", prompt),)), add_generation_prompt=True) if chat else prompt
     ids = ([] if chat else [tokenizer.bos_id]) + tokenizer.encode(text)

@@ -17,12 +17,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import networkx as nx
 import torch
 from torch import nn
 
+from builders.attention import Attention
+from builders.lora import Projection
+from builders.mlp import GatedMLP
 from builders.model import DecoderLayer, MiniMindForCausalLM, MiniMindModel
+from builders.moe import MoE
+from builders.positional import LearnedPositionEmbedding, RotaryEmbedding
 from builders.registry import builder_for
 
 from ..config import ResolvedSpec
@@ -104,9 +110,10 @@ def _build_container(op: OpNode, wiring: _Wiring) -> nn.Module:
             router_attrs = router.attrs
             assert isinstance(router_attrs, RouterAttrs)
             experts: dict[str, list[nn.Module]] = {"routed_expert": [], "shared_expert": []}
-            for down_proj in wiring.inputs(op, EdgeKind.DATA):
-                (glu,) = [g for g in wiring.inputs(down_proj) if isinstance(g.attrs, GLUAttrs)]
-                experts[glu.attrs.kind].append(wiring.built[glu.id])  # type: ignore[union-attr]
+            for expert_output in wiring.inputs(op, EdgeKind.DATA):
+                (glu,) = [g for g in wiring.inputs(expert_output) if isinstance(g.attrs, GLUAttrs)]
+                assert isinstance(glu.attrs, GLUAttrs)
+                experts[glu.attrs.kind].append(wiring.built[glu.id])
             return build(gate=wiring.built[router.id], experts=experts["routed_expert"],
                          shared_experts=experts["shared_expert"], top_k=attrs.top_k,
                          norm_topk_prob=router_attrs.norm_topk_prob,
@@ -129,6 +136,16 @@ def _build_modules(graph: nx.DiGraph) -> dict[str, nn.Module]:
     return built
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
+def _as(module: nn.Module | None, kind: type[M]) -> M:
+    """A built module as the class its builder makes (the builders' registry returns plain modules)."""
+    if not isinstance(module, kind):
+        raise TypeError(f"expected a {kind.__name__}, the builder made {type(module).__name__}")
+    return module
+
+
 def _decoder_layer(index: int, layer_ops: list[OpNode], built: dict[str, nn.Module]) -> DecoderLayer:
     """One decoder layer from its ops: the two norms by place, attention, the (dense or MoE) MLP."""
     norms = {op.attrs.place: built[op.id] for op in layer_ops if isinstance(op.attrs, NormAttrs)}
@@ -137,9 +154,20 @@ def _decoder_layer(index: int, layer_ops: list[OpNode], built: dict[str, nn.Modu
             if op.op == OpType.MOE_COMBINE or (isinstance(op.attrs, GLUAttrs) and op.attrs.kind == "dense")]
     residual = next(op.attrs for op in layer_ops if isinstance(op.attrs, AddAttrs))
     (mlp,) = mlps
-    return DecoderLayer(input_layernorm=norms["input"], self_attn=attention,  # type: ignore[arg-type]
-                        post_attention_layernorm=norms["post_attention"], mlp=mlp,  # type: ignore[arg-type]
+    if not isinstance(mlp, (GatedMLP, MoE)):
+        raise TypeError(f"expected a GatedMLP or MoE, the builder made {type(mlp).__name__}")
+    return DecoderLayer(input_layernorm=norms["input"], self_attn=_as(attention, Attention),
+                        post_attention_layernorm=norms["post_attention"], mlp=mlp,
                         dropout=residual.dropout, sd_prob=residual.sd_prob, layer_index=index)
+
+
+def _max_positions(positions: OpNode) -> int:
+    """The longest sequence the positions op takes: RoPE's table, or the learned embedding's rows."""
+    if isinstance(positions.attrs, RopeAttrs):
+        return positions.attrs.max_position_embeddings
+    if isinstance(positions.attrs, EmbeddingAttrs):
+        return positions.attrs.num_embeddings
+    raise TypeError(f"{positions.id} is not a positions op")
 
 
 def assemble(graph: nx.DiGraph) -> MiniMindForCausalLM:
@@ -155,18 +183,18 @@ def assemble(graph: nx.DiGraph) -> MiniMindForCausalLM:
     layers = [_decoder_layer(i, by_layer[i], built) for i in sorted(by_layer)]
     attention = next(op.attrs for ops in by_layer.values() for op in ops if isinstance(op.attrs, AttentionAttrs))
     positions = top.get(OpType.ROPE) or top[OpType.POSITION_EMBEDDING]
-    max_positions = (positions.attrs.max_position_embeddings if isinstance(positions.attrs, RopeAttrs)
-                     else positions.attrs.num_embeddings)  # type: ignore[union-attr]
+    rope = positions.op == OpType.ROPE
+    max_positions = _max_positions(positions)
     norm = top.get(OpType.RMSNORM) or top[OpType.LAYERNORM]
     head = top[OpType.LM_HEAD]
     assert isinstance(head.attrs, LMHeadAttrs)
     stack = MiniMindModel(
-        embed_tokens=built[top[OpType.EMBEDDING].id], layers=layers, norm=built[norm.id],  # type: ignore[arg-type]
-        rotary_emb=built.get(positions.id) if positions.op == OpType.ROPE else None,  # type: ignore[arg-type]
-        embed_positions=built.get(positions.id) if positions.op == OpType.POSITION_EMBEDDING else None,  # type: ignore[arg-type]
+        embed_tokens=_as(built[top[OpType.EMBEDDING].id], nn.Embedding), layers=layers, norm=built[norm.id],
+        rotary_emb=_as(built[positions.id], RotaryEmbedding) if rope else None,
+        embed_positions=None if rope else _as(built[positions.id], LearnedPositionEmbedding),
     )
     return MiniMindForCausalLM(
-        model=stack, lm_head=built[head.id], tie_word_embeddings=head.attrs.tied,  # type: ignore[arg-type]
+        model=stack, lm_head=_as(built[head.id], Projection), tie_word_embeddings=head.attrs.tied,
         n_kv_heads=attention.n_kv_heads, head_dim=attention.head_dim, max_position_embeddings=max_positions,
     )
 
@@ -198,7 +226,7 @@ def compile_graph(graph: nx.DiGraph, device: torch.device | str = "cpu", dtype: 
     if dtype is not None:
         model.to(dtype)
         for module in model.modules():  # keep RoPE tables in float32
-            if hasattr(module, "reset_tables") and module.cos_table.device.type != "meta":
+            if isinstance(module, RotaryEmbedding) and module.cos_table.device.type != "meta":
                 module.reset_tables()
     return model
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from builders.model import MiniMindForCausalLM
+
 from ..config import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig, value_changes, weight_values
 from ..errors import InputError, Problem, SpecError
 from .compile import compile_model
@@ -160,25 +162,25 @@ def load_weights_into(model: torch.nn.Module, weights: Path, fresh_adapters: boo
     missing = [k for k in result.missing_keys if not (fresh_adapters and k.endswith((".lora.A", ".lora.B")))]
     if missing or result.unexpected_keys:
         raise InputError(f"{weights} does not fit this model: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}")
-    if hasattr(model, "tie_weights"):
+    if isinstance(model, MiniMindForCausalLM):
         model.tie_weights()
 
 
-def load_model(config_path: Path, weights: Path, device: str = "cpu") -> torch.nn.Module:
+def load_model(config_path: Path, weights: Path, device: str = "cpu") -> MiniMindForCausalLM:
     """Rebuild the model `config_path` describes and load `weights` into it."""
     model = compile_model(read_model_config(config_path), device=device)
     load_weights_into(model, weights)
     return model
 
 
-def from_pretrained(path: Path, device: str = "cpu") -> torch.nn.Module:
+def from_pretrained(path: Path, device: str = "cpu") -> MiniMindForCausalLM:
     """The model at `path` (a directory `save_pretrained` or `export` wrote, a run, a stage or a
     checkpoint: see `model_files.find_model`), rebuilt from its config with its weights."""
     files = find_model(path)
     return load_model(files.config, files.weights, device=device)
 
 
-def load_model_files(out_dir: Path, device: str = "cpu") -> torch.nn.Module:
+def load_model_files(out_dir: Path, device: str = "cpu") -> MiniMindForCausalLM:
     """Rebuild the model written by `write_model_files` (or a stage's final/) and load its weights."""
     out_dir = Path(out_dir)
     return load_model(out_dir / CONFIG_FILE, out_dir / WEIGHTS_FILE, device)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from builders import merge_lora
+from builders.model import MiniMindForCausalLM
 
 from ..config import LoRAConfig, ResolvedSpec, value_changes, weight_values
 from ..errors import InputError
@@ -102,7 +103,7 @@ def read_adapter(adapter_dir: Path, base: ResolvedSpec) -> tuple[LoRAConfig, dic
     return lora, tensors
 
 
-def with_adapter(base_model: nn.Module, base: ResolvedSpec, adapter_dir: Path) -> tuple[nn.Module, ResolvedSpec]:
+def with_adapter(base_model: nn.Module, base: ResolvedSpec, adapter_dir: Path) -> tuple[MiniMindForCausalLM, ResolvedSpec]:
     """The base model with the adapter of `adapter_dir` attached (a new module; the base weights copied in)."""
     lora, tensors = read_adapter(adapter_dir, base)
     resolved = dataclasses.replace(base, model=dataclasses.replace(base.model, lora=lora))
@@ -117,7 +118,7 @@ def with_adapter(base_model: nn.Module, base: ResolvedSpec, adapter_dir: Path) -
     return model, resolved
 
 
-def merge_model(model: nn.Module, resolved: ResolvedSpec) -> tuple[nn.Module, ResolvedSpec]:
+def merge_model(model: nn.Module, resolved: ResolvedSpec) -> tuple[MiniMindForCausalLM, ResolvedSpec]:
     """Fold every adapter into its projection: the dense model and its resolved config (no LoRA)."""
     if resolved.model.lora is None:
         raise InputError("this model has no LoRA adapters to merge")
@@ -125,7 +126,7 @@ def merge_model(model: nn.Module, resolved: ResolvedSpec) -> tuple[nn.Module, Re
     return without_adapters(model, resolved)
 
 
-def without_adapters(model: nn.Module, resolved: ResolvedSpec) -> tuple[nn.Module, ResolvedSpec]:
+def without_adapters(model: nn.Module, resolved: ResolvedSpec) -> tuple[MiniMindForCausalLM, ResolvedSpec]:
     """The model without its adapters (their effect dropped unless merged first), and its config without LoRA."""
     dense = dataclasses.replace(resolved, model=dataclasses.replace(resolved.model, lora=None))
     copy = compile_model(dense, device=str(next(model.parameters()).device))

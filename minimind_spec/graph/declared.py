@@ -16,6 +16,7 @@ import networkx as nx
 
 from ..config import ModelConfig, ResolvedSpec
 from ..errors import Problem, pointer, warning
+from ..schema import Spec
 from .build import node, nodes
 from .costs import Costs, graph_costs
 from .ir import INPUT_ID, AddAttrs, LinearAttrs, LMHeadAttrs, MergePoint, MoECombineAttrs, OpNode, ParamRole
@@ -122,9 +123,16 @@ def _matcher(name: str, kind: str) -> Callable[[nx.DiGraph, ModelConfig], _Actua
     return None
 
 
+def _spec(resolved: ResolvedSpec) -> Spec:
+    """The spec as written (`check_declared` checks nothing for a model rebuilt from config.json, which has none)."""
+    if resolved.spec is None:
+        raise ValueError("a model rebuilt from config.json declares nothing")
+    return resolved.spec
+
+
 def _check_modules(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[Problem]) -> None:
     config = resolved.model
-    for i, module in enumerate(resolved.spec.modules):
+    for i, module in enumerate(_spec(resolved).modules):
         matcher = _matcher(module.name, module.type)
         actual = matcher(graph, config) if matcher else None
         if actual is None:
@@ -148,7 +156,7 @@ def _total_reason(graph: nx.DiGraph, costs: Costs, config: ModelConfig) -> str:
 
 
 def _check_totals(resolved: ResolvedSpec, graph: nx.DiGraph, costs: Costs, out: list[Problem]) -> None:
-    config, declared = resolved.model, resolved.spec.total_params
+    config, declared = resolved.model, _spec(resolved).total_params
     lora_note = "only the LoRA adapters train" if config.lora else "everything trains (no LoRA)"
     checks = (
         ("all", costs.total_params, _total_reason(graph, costs, config)),
@@ -181,7 +189,7 @@ def lora_declared_problems(resolved: ResolvedSpec, lora_params: int, total_param
 
 
 def _check_io(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[Problem]) -> None:
-    config, io = resolved.model, resolved.spec.io
+    config, io = resolved.model, _spec(resolved).io
     real_in = node(graph, INPUT_ID).out_shape
     real_out = node(graph, "lm_head").out_shape
     for key, shapes, real in (("input_spec", io.input_spec.shapes, real_in), ("output_spec", io.output_spec.shapes, real_out)):
@@ -192,7 +200,7 @@ def _check_io(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[Problem]) -> 
 
 def _check_free_parameters(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[Problem]) -> None:
     config = resolved.model
-    for i, free in enumerate(resolved.spec.free_parameters):
+    for i, free in enumerate(_spec(resolved).free_parameters):
         where = pointer("free_parameters", i, "shape")
         if free.name in ("moe_gate", "router", "gate"):
             if config.moe is None:
@@ -212,7 +220,7 @@ def _check_free_parameters(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[
 
 def _check_merge_points(resolved: ResolvedSpec, graph: nx.DiGraph, out: list[Problem]) -> None:
     present = {op.attrs.merge_point for op in nodes(graph) if isinstance(op.attrs, (AddAttrs, MoECombineAttrs))}
-    for i, point in enumerate(resolved.spec.concat_merge_points):
+    for i, point in enumerate(_spec(resolved).concat_merge_points):
         if MergePoint(point.from_, point.to, point.op) not in present:
             extra = " (it appears with --variant MoE)" if point.op == "gate" and resolved.model.moe is None else ""
             out.append(warning(pointer("concat_merge_points", i), f"{point.op} merge {point.from_} -> {point.to} is not in this build{extra}"))

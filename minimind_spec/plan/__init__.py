@@ -5,9 +5,10 @@ engine will act on, where each setting came from, the warnings to read first, an
 Front end: no torch, no data read, so `train --plan` starts as fast as `validate`.
 """
 
-from .build import build_plan, decide_precision, enabled_stages, with_throughput
+from .build import attention_backend, build_plan, decide_precision, enabled_stages, with_throughput
 from .estimates import BYTES_PER_TOKEN, OPTIMIZER_STATE_BYTES
 from .model import DeviceFacts, MemoryEstimate, PlanInputs, Precision, ReferenceMode, StagePlan, TrainingPlan
 
 __all__ = ["BYTES_PER_TOKEN", "OPTIMIZER_STATE_BYTES", "DeviceFacts", "MemoryEstimate", "PlanInputs", "Precision",
-           "ReferenceMode", "StagePlan", "TrainingPlan", "build_plan", "decide_precision", "enabled_stages", "with_throughput"]
+           "ReferenceMode", "StagePlan", "TrainingPlan", "attention_backend", "build_plan", "decide_precision", "enabled_stages",
+           "with_throughput"]

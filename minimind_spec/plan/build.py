@@ -17,12 +17,13 @@ No torch, no data read (data files are only looked at: exists, size).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import networkx as nx
 
-from ..config import ResolvedSpec, StageSettings
+from ..config import ResolvedSpec, StageSettings, TrainingConfig
 from ..errors import InputError, Problem, SpecError
 from ..graph import BASE_ROLES, Costs, ParamRole, build_graph, graph_costs, params_with_roles
 from ..graph.declared import lora_declared_problems
@@ -43,6 +44,19 @@ def enabled_stages(resolved: ResolvedSpec, inputs: PlanInputs) -> tuple[StageKin
     training = resolved.training
     return tuple(d.kind for d in STAGES
                  if (inputs.init is None if d.switch is None else getattr(training, d.switch).enabled))
+
+
+def attention_backend(requested: str, device: DeviceFacts, precision: Precision) -> tuple[str, str | None]:
+    """(the attention backend a stage's forward runs, why it is not the one the spec asks for, or None)."""
+    if requested != "flash-attn2":
+        return requested, None
+    if importlib.util.find_spec("flash_attn") is None:  # looks for the package without importing it (or torch)
+        return "sdpa", "flash-attn2 is not installed here"
+    if device.kind in ("cpu", "mps"):
+        return "sdpa", f"flash-attn2 runs on CUDA GPUs only, and this run is on {device.kind}"
+    if precision == Precision.FP32:
+        return "sdpa", "flash-attn2 computes in bf16 or fp16, and this stage computes in fp32"
+    return "flash-attn2", None
 
 
 def decide_precision(dtype: str, device: DeviceFacts) -> tuple[Precision, str | None]:
@@ -66,6 +80,11 @@ class _Context:
     @property
     def lora(self) -> bool:
         return self.resolved.model.lora is not None
+
+    @property
+    def training(self) -> TrainingConfig:
+        assert self.resolved.training is not None  # build_plan refuses a model without a training section
+        return self.resolved.training
 
 
 def _roles(context: _Context, definition: StageDefinition) -> frozenset[ParamRole]:
@@ -95,7 +114,7 @@ def _init_has_adapters(init: Path) -> bool:
 
 def _teacher(context: _Context) -> tuple[int, str | None, str | None]:
     """(teacher parameters, blocked reason, unblock) of a distillation stage."""
-    distill = context.resolved.training.distill  # type: ignore[union-attr]
+    distill = context.training.distill
     if distill.teacher_spec is None:
         return 0, f"no spec found for teacher {distill.teacher!r}", "techniques.distill.teacher_spec"
     from ..loader import load_spec
@@ -112,7 +131,7 @@ def _frozen(context: _Context, definition: StageDefinition, reference: Reference
     """(description, frozen parameters held in memory, blocked reason, unblock)."""
     if definition.frozen == FrozenModel.TEACHER:
         params, blocked, unblock = _teacher(context)
-        teacher = context.resolved.training.distill.teacher  # type: ignore[union-attr]
+        teacher = context.training.distill.teacher
         return f"teacher {teacher!r}" + (f" ({params:,} parameters)" if params else ""), params, blocked, unblock
     if reference == ReferenceMode.COPY:
         return ("reference: a frozen copy of the stage's input model", params_with_roles(context.graph, BASE_ROLES),
@@ -188,6 +207,7 @@ def _stage(context: _Context, definition: StageDefinition, earlier: list[StagePl
     reference = _reference_mode(context, definition, earlier)
     frozen, frozen_params, *frozen_blocked = _frozen(context, definition, reference)
     precision, refused = decide_precision(resolved.model.dtype, inputs.device)
+    attention, attention_note = attention_backend(resolved.model.attention_backend, inputs.device, precision)
     upstream = next((p.kind for p in earlier if p.blocked is not None), None)
     blocked, unblock = _blocked(context, definition, (frozen_blocked[0], frozen_blocked[1]), refused, upstream)
     data = inputs.data.get(kind)
@@ -213,6 +233,7 @@ def _stage(context: _Context, definition: StageDefinition, earlier: list[StagePl
         evaluation=definition.evaluation, optimizer=optim.optimizer, betas=optim.betas, weight_decay=settings.weight_decay,
         decay_params=costs.trainable_params - no_decay, no_decay_params=no_decay, lr=settings.lr, scheduler=optim.scheduler,
         warmup=settings.warmup, min_lr_ratio=settings.min_lr_ratio, grad_clip=settings.grad_clip, precision=precision,
+        attention=attention, attention_note=attention_note,
         batch_size=settings.batch_size, micro_batch=micro, grad_accumulation=accumulation, processes=inputs.processes,
         seq_len=settings.seq_len, epochs=settings.epochs, max_steps=settings.max_steps, tokens=tokens,
         train_flops=tokens * per_token if tokens is not None else None,

@@ -47,6 +47,12 @@ class DeviceFacts:
     name: str = ""
     bf16: bool | None = None  # bf16 arithmetic supported (None: not known yet)
 
+    @classmethod
+    def named(cls, device: str) -> "DeviceFacts":
+        """What is known of `--device NAME` without asking the device (no torch): its kind."""
+        kinds: dict[str, DeviceKind] = {"cpu": "cpu", "cuda": "cuda", "mps": "mps"}
+        return cls(kinds.get(device.split(":")[0], "auto"))
+
 
 @dataclass(frozen=True)
 class PlanInputs:
@@ -117,6 +123,8 @@ class StagePlan:
     min_lr_ratio: float
     grad_clip: float | None
     precision: Precision
+    attention: str  # the attention backend the stage's forward runs: flash-attn2, sdpa or eager
+    attention_note: str | None  # why it is not the one the spec asks for (None: it is)
     batch_size: int
     micro_batch: int
     grad_accumulation: int

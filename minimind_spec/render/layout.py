@@ -19,8 +19,8 @@ import networkx as nx
 
 from ..graph import EdgeKind, OpNode, OpType, ParamRole, default_trainable_roles, node, nodes
 from ..graph.ir import (
-    AttentionAttrs, AuxLossAttrs, EmbeddingAttrs, GLUAttrs, LinearAttrs, LMHeadAttrs, LoRAAttrs, MoECombineAttrs, NormAttrs,
-    RopeAttrs, RouterAttrs, attrs_dict,
+    AddAttrs, AttentionAttrs, AuxLossAttrs, EmbeddingAttrs, GLUAttrs, InputAttrs, LinearAttrs, LMHeadAttrs, LoRAAttrs,
+    MoECombineAttrs, NormAttrs, RopeAttrs, RouterAttrs, attrs_dict,
 )
 
 _EXPERT = re.compile(r"\.(experts|shared_experts)\.(\d+)\.")
@@ -118,11 +118,11 @@ def describe(op: OpNode) -> str:
             return f"Linear {head.in_features} → {head.out_features}{tied}"
         case LoRAAttrs() as lora:
             return f"LoRA r={lora.rank} α={_number(lora.alpha)}"
+        case InputAttrs(dtype=dtype):
+            return f"token ids, {dtype}"
+        case AddAttrs(merge_point=merge_point):
+            return "+ " + str(merge_point)
     match op.op:
-        case OpType.INPUT:
-            return f"token ids, {op.attrs.dtype}"  # type: ignore[union-attr]
-        case OpType.ADD:
-            return "+ " + str(op.attrs.merge_point)  # type: ignore[union-attr]
         case OpType.OUTPUT:
             return "logits" + (" + aux loss" if len(op.in_shapes) > 1 else "")
     return str(op.op)
@@ -171,7 +171,7 @@ def _strip(value: object, pattern: str, replacement: str) -> object:
 def _signature(graph: nx.DiGraph, ids: list[str], prefix: str) -> tuple:
     """What a repeated unit (a layer, an expert) looks like with its index removed."""
     members = set(ids)
-    parts = []
+    parts: list[tuple[object, ...]] = []
     for node_id in ids:
         op = node(graph, node_id)
         parts.append((node_id.replace(prefix, "*"), str(op.op), op.out_shape, op.in_shapes, op.params, op.role,

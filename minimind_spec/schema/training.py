@@ -11,14 +11,14 @@ override the global `optim` / `regularization` / `hyperparams.seq_len` for that 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field
 
 from .base import NonEmptyStr, NonNegativeInt, PositiveFloat, PositiveInt, Probability, SpecModel
 
 ProjectionName = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-PROJECTIONS: tuple[str, ...] = ProjectionName.__args__  # type: ignore[attr-defined]
+PROJECTIONS: tuple[str, ...] = get_args(ProjectionName)
 
 
 class Regularization(SpecModel):

@@ -70,8 +70,8 @@ def noise_of(base: Measure, ablation: Measure) -> float | None:
         return 0.0
     seeds = min(len(base.values), len(ablation.values))
     spread = max(base.spread, ablation.spread) if seeds > 1 else None
-    errors = (base.error, ablation.error)
-    sampling = 2 * math.sqrt(sum(e * e for e in errors)) if all(e is not None for e in errors) else None  # type: ignore[operator]
+    errors = [e for e in (base.error, ablation.error) if e is not None]
+    sampling = 2 * math.sqrt(sum(e * e for e in errors)) if len(errors) == 2 else None
     known = [n for n in (spread, sampling) if n is not None]
     return max(known) if known and all(math.isfinite(n) for n in known) else None  # NaN: nothing to judge by
 

@@ -6,7 +6,6 @@ samples one per padded row (`--no-pack`). Pretraining rows isolate their documen
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np

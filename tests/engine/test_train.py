@@ -6,11 +6,9 @@ run that was never interrupted (CPU, deterministic mode). Data parallelism: test
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import replace
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -23,7 +21,6 @@ from typer.testing import CliRunner
 from minimind_spec import build_graph, load_spec, resolve
 from minimind_spec.cli import app
 from minimind_spec.engine import compile_graph
-from minimind_spec.engine.data.tokenizer import train_tokenizer
 from minimind_spec.engine.export import load_weights_into
 
 from ..conftest import ROOT
@@ -277,7 +274,7 @@ def test_ctrl_c_stops_the_whole_run_and_resume_finishes_every_stage(workspace, t
                                                             "--save-every", "1000", "--eval-every", "0")]
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
-    metrics_path = _interrupt_after_3_steps(process, tmp_path / "run" / "pretrain" / "metrics.jsonl")
+    _interrupt_after_3_steps(process, tmp_path / "run" / "pretrain" / "metrics.jsonl")
     assert "--resume continues it" in process.stderr.read().decode()
     assert not (tmp_path / "run" / "sft").exists()  # the next stage did not start from a missing final/
     resumed = CliRunner().invoke(app, args(workspace, tmp_path / "run", "--max-steps", "40", "--eval-every", "0", "--resume"))

@@ -102,7 +102,7 @@ def parse_record(data: Any, kind: RecordKind) -> Record:
         if not any(turn.role == "assistant" for turn in conversation.turns):
             raise ValueError("the conversation has no assistant turn: nothing to train on")
         return conversation
-    sides = []
+    sides: list[str | Conversation] = []
     for key in ("chosen", "rejected"):
         value = data.get(key)
         if isinstance(value, str):

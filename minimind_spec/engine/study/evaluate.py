@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from builders.model import MiniMindForCausalLM
 from builders.norm import LayerNorm, RMSNorm
 from builders.techniques import token_log_probs
 
 from ..data.chatml import encode_conversation, encode_document, render
-from ..data.records import Conversation, Turn, read_records
+from ..data.records import Conversation, PreferencePair, Turn, read_records
 from ..data.tokenizer import ChatTokenizer
 from ...errors import InputError
 from ...metrics import MetricsRow, series
@@ -63,8 +64,11 @@ class HeldOut:
         pairs, conversations = [], []
         for _, pair in read_records(data / "eval_pairs.jsonl", "preference"):
             sides = []
+            assert isinstance(pair, PreferencePair)
             for side in (pair.chosen, pair.rejected):
-                encoded = encode_conversation(tokenizer, side, max_length=seq_len)  # type: ignore[arg-type]
+                if not isinstance(side, Conversation):
+                    raise InputError(f"{data / 'eval_pairs.jsonl'}: the held-out pairs are conversations, not plain text")
+                encoded = encode_conversation(tokenizer, side, max_length=seq_len)
                 sides.append((list(encoded.input_ids), list(encoded.labels)))
             pairs.append((sides[0], sides[1]))
             conversations.append(sides[0])
@@ -170,7 +174,7 @@ def score_answer(text: str, answer: int) -> tuple[bool, int, int]:
 
 
 @torch.no_grad()
-def answers(model: nn.Module, held: HeldOut, batch: int = 50, max_new_tokens: int = 48) -> dict[str, Value | None]:
+def answers(model: MiniMindForCausalLM, held: HeldOut, batch: int = 50, max_new_tokens: int = 48) -> dict[str, Value | None]:
     """Greedy answers to the held-out problems: exact match, and the share of the `a +/- b = c`
     steps of the reasoning that are arithmetically right."""
     right, steps, correct_steps = [], 0, 0
@@ -187,7 +191,7 @@ def answers(model: nn.Module, held: HeldOut, batch: int = 50, max_new_tokens: in
             right.append(is_right)
             steps, correct_steps = steps + found_steps, correct_steps + correct
     share = float(np.mean(right))
-    out = {"exact_match": Value(share, math.sqrt(share * (1 - share) / len(right)))}
+    out: dict[str, Value | None] = {"exact_match": Value(share, math.sqrt(share * (1 - share) / len(right)))}
     accuracy = correct_steps / steps if steps else None  # no steps written: nothing to score
     out["think_step_accuracy"] = Value(accuracy, math.sqrt(accuracy * (1 - accuracy) / steps)) if accuracy is not None else None
     out["think_steps_per_answer"] = Value(steps / len(right))
@@ -250,23 +254,22 @@ def norm_saved_bytes(model: nn.Module, seq_len: int, batch: int = 2) -> Value:
     every tensor autograd saves inside an RMSNorm or LayerNorm, counted once per storage,
     leaving out the norm's input and weight (they exist anyway)."""
     saved: dict[int, int] = {}
-    state = {"inside": None}
+    inside: list[tuple[nn.Module, int]] = []  # the norm running now, and its input's storage
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        module = state["inside"]
-        if module is not None:
-            exempt = {module._input_ptr, *(p.data_ptr() for p in module.parameters())}  # type: ignore[union-attr]
+        if inside:
+            module, input_pointer = inside[-1]
+            exempt = {input_pointer, *(p.data_ptr() for p in module.parameters())}
             pointer = tensor.untyped_storage().data_ptr()
             if pointer not in exempt:
                 saved[pointer] = tensor.untyped_storage().nbytes()
         return tensor
 
-    def before(module: nn.Module, args: tuple) -> None:
-        module._input_ptr = args[0].untyped_storage().data_ptr()  # type: ignore[assignment]
-        state["inside"] = module  # type: ignore[assignment]
+    def before(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        inside.append((module, args[0].untyped_storage().data_ptr()))
 
-    def after(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        state["inside"] = None
+    def after(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        inside.clear()
 
     norms = [m for m in model.modules() if isinstance(m, (RMSNorm, LayerNorm))]
     handles = [h for m in norms for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]

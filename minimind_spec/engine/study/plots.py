@@ -20,13 +20,26 @@ def draw_plots(study: dict, out: Path) -> dict[str, list[str]] | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.axes import Axes
+        from matplotlib.figure import Figure
     except ImportError:
         return None
+
+    def label(ax: Axes, x: str, y: str, title: str | None = None, log: bool = False) -> None:
+        if title is not None:
+            ax.set_title(title)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+
     directory = out / "plots"
     directory.mkdir(parents=True, exist_ok=True)
     written: dict[str, list[str]] = {}
 
-    def save(fig, name: str) -> None:  # noqa: ANN001
+    def save(fig: Figure, name: str) -> None:
         fig.tight_layout()
         fig.savefig(directory / name, dpi=100)
         plt.close(fig)
@@ -41,8 +54,7 @@ def draw_plots(study: dict, out: Path) -> dict[str, list[str]] | None:
                     steps, losses = zip(*curve)
                     ax.plot(steps, losses, color=colour, alpha=0.8 if i == 0 else 0.4,
                             label=(name if side == "ablation" else "base") if i == 0 else None)
-        ax.set_title(f"{name}: {ablation['measured_after']} training loss (each seed)")
-        ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.grid(alpha=0.3), ax.legend()
+        label(ax, "step", "loss", f"{name}: {ablation['measured_after']} training loss (each seed)")
         save(fig, f"{name}_loss.png")
 
         claims = [c for c in ablation["claims"] if c["base"] and c["ablation"]]
@@ -66,8 +78,10 @@ def draw_plots(study: dict, out: Path) -> dict[str, list[str]] | None:
             for ax, side in zip(axes, ("base", "ablation")):
                 image = ax.imshow(shares[side], vmin=0, aspect="auto", cmap="viridis")
                 ax.set_title(f"{'base (aux loss)' if side == 'base' else name}: token share", fontsize=9)
-                ax.set_xlabel("expert"), ax.set_ylabel("MoE layer")
-                ax.set_xticks(range(len(shares[side][0]))), ax.set_yticks(range(len(shares[side])))
+                ax.set_xlabel("expert")
+                ax.set_ylabel("MoE layer")
+                ax.set_xticks(range(len(shares[side][0])))
+                ax.set_yticks(range(len(shares[side])))
                 fig.colorbar(image, ax=ax)
             save(fig, f"{name}_expert_load.png")
 
@@ -84,7 +98,6 @@ def draw_plots(study: dict, out: Path) -> dict[str, list[str]] | None:
             seq_len = study["scale"].get("hyperparams", {}).get("seq_len")
             if seq_len:
                 ax.axvline(seq_len, color="grey", linestyle="--", label="training seq_len")
-            ax.set_title(f"{name}: held-out perplexity against position"), ax.set_xlabel("position (end of bin)")
-            ax.set_ylabel("perplexity"), ax.set_yscale("log"), ax.grid(alpha=0.3), ax.legend()
+            label(ax, "position (end of bin)", "perplexity", f"{name}: held-out perplexity against position", log=True)
             save(fig, f"{name}_context.png")
     return written

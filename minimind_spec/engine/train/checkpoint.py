@@ -67,7 +67,7 @@ def _random_states() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    numpy_state = np.random.get_state()
+    numpy_state: Any = np.random.get_state()  # the legacy tuple (name, keys, position, has_gauss, gauss); typed as a dict
     return tensors, {"python_random": list(random.getstate()),
                      "numpy_random": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]]}
 

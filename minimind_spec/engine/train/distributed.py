@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from builders.model import MiniMindForCausalLM
+
 from ..model_io import model_tensors, with_tied_head
 
 
@@ -83,11 +85,11 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def shard(model: nn.Module) -> nn.Module:
+def shard(model: MiniMindForCausalLM) -> nn.Module:
     """FSDP2: shard each decoder layer, then the rest (embeddings, final norm, head) as the root."""
     from torch.distributed.fsdp import fully_shard
 
-    for layer in model.model.layers:
+    for layer in model.model.decoder_layers:
         fully_shard(layer)
     fully_shard(model)
     return model
@@ -108,10 +110,11 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, sharde
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = model_tensors(model, get_model_state_dict(model, options=options))
+    gathered: dict[str, Any] = get_model_state_dict(model, options=options)  # full tensors, by name
+    weights = model_tensors(model, gathered)
     if optimizer is None:
         return weights, None
-    by_name = get_optimizer_state_dict(model, optimizer, options=options)
+    by_name: dict[str, Any] = get_optimizer_state_dict(model, optimizer, options=options)
     if not by_name:
         return weights, {}
     index = {name: i for i, name in enumerate(_parameter_names(model, optimizer))}
@@ -127,10 +130,11 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, w
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, with_tied_head(model, weights), options=options)
+    full: dict[str, Any] = with_tied_head(model, weights)
+    set_model_state_dict(model, full, options=options)
     if optimizer is not None and optimizer_state is not None:
         names = _parameter_names(model, optimizer)
-        by_name = {"state": {names[int(i)]: value for i, value in optimizer_state["state"].items()},
+        by_name: dict[str, Any] = {"state": {names[int(i)]: value for i, value in optimizer_state["state"].items()},
                    "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
                                     for group in optimizer_state["param_groups"]]}
         set_optimizer_state_dict(model, optimizer, by_name, options=options)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import networkx as nx
 import numpy as np
@@ -33,6 +33,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.nn.parallel import DistributedDataParallel
+
+from builders.model import MiniMindForCausalLM
 
 from ...errors import InputError
 from ...metrics import METRICS_FILE, MetricsLog, MetricsRow
@@ -98,7 +102,7 @@ class Trainer:
     plan: StagePlan
     parts: StageParts
     settings: LoopSettings
-    model: nn.Module  # the model itself (checkpoints, evaluation)
+    model: MiniMindForCausalLM  # the model itself (checkpoints, evaluation)
     train_model: nn.Module  # what the forward runs through: compiled and/or DDP-wrapped
     optimizer: torch.optim.Optimizer
     precision: PrecisionRuntime
@@ -116,7 +120,7 @@ def total_steps(plan: StagePlan, parts: StageParts) -> int:
     return plan.max_steps or max(1, math.ceil(plan.epochs * len(parts.data.train_rows) / plan.batch_size))
 
 
-def set_up(plan: StagePlan, parts: StageParts, model: nn.Module, graph: nx.DiGraph, settings: LoopSettings,
+def set_up(plan: StagePlan, parts: StageParts, model: MiniMindForCausalLM, graph: nx.DiGraph, settings: LoopSettings,
            precision: PrecisionRuntime) -> Trainer:
     world = distributed.current()
     if plan.batch_size % world.size or (plan.batch_size // world.size) % plan.micro_batch:
@@ -127,9 +131,9 @@ def set_up(plan: StagePlan, parts: StageParts, model: nn.Module, graph: nx.DiGra
     if sharded:
         distributed.shard(model)  # before the optimizer: it holds the sharded parameters
     optimizer = build_optimizer(model, graph, plan)
-    train_model: nn.Module = torch.compile(model) if settings.compile else model
+    train_model: nn.Module = cast(nn.Module, torch.compile(model)) if settings.compile else model  # an OptimizedModule
     if world.distributed and not sharded:
-        train_model = torch.nn.parallel.DistributedDataParallel(train_model)
+        train_model = DistributedDataParallel(train_model)
     return Trainer(plan, parts, settings, model, train_model, optimizer, precision, world, sharded, total_steps(plan, parts))
 
 
@@ -211,12 +215,12 @@ class StepSums:
 
 def _sync(trainer: Trainer, last: bool) -> Any:
     """DDP reduces gradients on the last micro-batch only; FSDP reduce-scatters on the last only."""
-    if trainer.sharded:
-        trainer.model.set_requires_gradient_sync(last)  # type: ignore[operator]
+    if isinstance(trainer.model, FSDPModule):  # sharded
+        trainer.model.set_requires_gradient_sync(last)
         return nullcontext()
-    if last or not trainer.world.distributed:
+    if last or not isinstance(trainer.train_model, DistributedDataParallel):
         return nullcontext()
-    return trainer.train_model.no_sync()  # type: ignore[operator]
+    return trainer.train_model.no_sync()
 
 
 def train_step(trainer: Trainer, rows: list[int], lr: float) -> tuple[float, dict[str, Any], int, float | None]:
@@ -332,7 +336,7 @@ def _due(step: int, every: int, total: int, stopping: bool = False) -> bool:
     return bool(every) and (step % every == 0 or step == total or stopping)
 
 
-def train_stage(plan: StagePlan, parts: StageParts, model: nn.Module, graph: nx.DiGraph, settings: LoopSettings,
+def train_stage(plan: StagePlan, parts: StageParts, model: MiniMindForCausalLM, graph: nx.DiGraph, settings: LoopSettings,
                 precision: PrecisionRuntime) -> StageResult:
     """Train `model` as `plan` says with `parts` (resuming when `settings.resume`)."""
     trainer = set_up(plan, parts, model, graph, settings, precision)

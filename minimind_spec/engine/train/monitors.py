@@ -50,15 +50,15 @@ class ExpertLoadWatch:
             return []
         total = np.sum(self._recent, axis=0)  # (layers, E)
         warnings = []
-        for layer, row in enumerate(total):
-            fair = row.sum() / len(row)
-            share = row.min() / fair if fair > 0 else 1.0
+        for layer, tokens in enumerate(total):
+            fair = tokens.sum() / len(tokens)
+            share = tokens.min() / fair if fair > 0 else 1.0
             if share < FAIR_SHARE_FLOOR and layer not in self._starved:
                 self._starved.add(layer)
                 if step - self._last.get(layer, -self.window) < self.window:
                     continue
                 self._last[layer] = step
-                warnings.append(f"step {step}: MoE layer {layer}: expert {int(row.argmin())} received {share:.0%} of its fair "
+                warnings.append(f"step {step}: MoE layer {layer}: expert {int(tokens.argmin())} received {share:.0%} of its fair "
                                 f"share of tokens over the last {self.window} steps (load imbalance; is the aux loss on?)")
             elif share >= FAIR_SHARE_FLOOR:
                 self._starved.discard(layer)

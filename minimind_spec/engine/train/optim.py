@@ -41,7 +41,8 @@ def lr_at(stage: StagePlan, step: int, total_steps: int) -> float:
 
 def build_optimizer(model: nn.Module, graph: nx.DiGraph, stage: StagePlan) -> torch.optim.Optimizer:
     """The stage's optimizer over the parameters that require grad, in decay / no-decay groups."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for role, params in parameters_by_role(model, graph).items():
         trainable = [p for p in params if p.requires_grad]
         (no_decay if role in NO_DECAY_ROLES else decay).extend(trainable)

@@ -28,6 +28,8 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from builders.model import MiniMindForCausalLM
+
 from ...config import ResolvedSpec, flat_values, value_changes, weight_values
 from ...errors import InputError
 from ...files import write_text_atomic
@@ -141,7 +143,8 @@ def _write_stage_records(stage_dir: Path, resolved: ResolvedSpec, plan: Training
     """config.json (so a checkpoint directory is also a model directory), resolved.json and plan.json."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(stage_dir / CONFIG_FILE, json.dumps(model_config_dict(resolved), indent=2) + "\n")
-    write_text_atomic(stage_dir / RESOLVED_FILE, json.dumps(resolved_values(resolved), indent=2) + "\n")
+    values = {**resolved_values(resolved), "model.attention_backend_used": stage.attention}  # what the forward runs
+    write_text_atomic(stage_dir / RESOLVED_FILE, json.dumps(values, indent=2) + "\n")
     stage_json = next(s for s, p in zip(plan.to_json()["stages"], plan.stages) if p is stage)
     write_text_atomic(stage_dir / PLAN_FILE, json.dumps({"record": stage_record(resolved, stage), "plan": stage_json},
                                                         indent=2, default=str) + "\n")
@@ -149,12 +152,13 @@ def _write_stage_records(stage_dir: Path, resolved: ResolvedSpec, plan: Training
 
 def _token_cache(stage: StagePlan, tokenizer: ChatTokenizer, options: RunOptions, world: distributed.World) -> TokenCache:
     """The stage's data tokenized once (rank 0 first; the others then find it), with its counts said."""
-    assert stage.data is not None
+    data = stage.data
+    assert data is not None  # a stage without data is blocked before the run starts
     records = stage_definition(stage.kind).records
     cache_dir = options.cache_dir or options.out / "cache"
 
     def tokenized() -> TokenCache:
-        return build_token_cache(stage.data, tokenizer, records, cache_dir,
+        return build_token_cache(data, tokenizer, records, cache_dir,
                                  max_length=None if records == "pretrain" else stage.seq_len, skip_bad_lines=options.skip_bad_lines)
 
     if world.is_main:
@@ -171,7 +175,7 @@ def _token_cache(stage: StagePlan, tokenizer: ChatTokenizer, options: RunOptions
     return tokenized()
 
 
-def _input_model(graph: nx.DiGraph, stage: StagePlan, previous: Path | None, options: RunOptions, device: str) -> torch.nn.Module:
+def _input_model(graph: nx.DiGraph, stage: StagePlan, previous: Path | None, options: RunOptions, device: str) -> MiniMindForCausalLM:
     """The stage's model: compiled from the graph, the previous stage's (or --init's) weights loaded, trainable roles set."""
     model = compile_graph(graph, device=device, seed=options.seed)
     if previous is not None:
@@ -204,9 +208,9 @@ def _write_final(stage_dir: Path, weights: dict[str, torch.Tensor], resolved: Re
 
 def _executed(stage: StagePlan, result: StageResult, precision: PrecisionRuntime, reference: Any, trainable: int) -> dict:
     lrs = result.applied_lrs
-    peak = max(lrs) if lrs else None
+    peak = max(lrs, default=0.0)
     return {"precision": str(precision.executed()), "reference": None if reference is None else str(reference),
-            "trainable_params": trainable, "peak_lr": peak, "first_lr": lrs[0] if lrs else None,
+            "trainable_params": trainable, "peak_lr": peak if lrs else None, "first_lr": lrs[0] if lrs else None,
             # the ramp the first step's lr implies (peak / warmup; 0 and 1 step of warmup both start at the peak)
             "warmup": round(peak / lrs[0]) if lrs and lrs[0] > 0 and result.resumed_from is None else None,
             "steps": result.steps,

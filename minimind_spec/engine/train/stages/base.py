@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from builders.model import MiniMindForCausalLM
+
 from ....metrics import MetricsRow
 from ....plan import ReferenceMode, StagePlan
 from ...data.token_cache import TokenCache
@@ -62,7 +64,7 @@ class StageData:
 @dataclass(frozen=True)
 class StageInputs:
     plan: StagePlan
-    model: nn.Module  # the stage's input model: weights loaded, trainable roles set
+    model: MiniMindForCausalLM  # the stage's input model: weights loaded, trainable roles set
     cache: TokenCache
     pad_id: int
     device: str

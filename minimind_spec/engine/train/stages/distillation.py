@@ -36,7 +36,7 @@ def load_teacher(inputs: StageInputs) -> nn.Module:
         raise InputError("distillation needs the teacher's trained model: --teacher RUN_DIR")
     files = find_model(plan.teacher)
     config = read_model_config(files.config).model
-    vocab = inputs.model.vocab_size  # type: ignore[union-attr]
+    vocab = inputs.model.vocab_size
     if config.vocab_size != vocab:
         raise InputError(f"the teacher's vocab is {config.vocab_size:,} but the student's is {vocab:,}: teacher and "
                          "student must share the tokenizer")

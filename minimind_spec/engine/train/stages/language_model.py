@@ -18,6 +18,7 @@ from torch import nn
 from builders.techniques import IGNORE_INDEX, causal_lm_loss_sum
 
 from ....errors import InputError
+from ....objectives import CausalLMObjective
 from ....stages import RowLayout
 from ...data.packing import Row, sample_layout, sample_row, stream_layout, stream_row
 from ..monitors import ExpertLoadWatch
@@ -70,8 +71,10 @@ class LanguageModelLoss:
 
 
 def language_model_stage(inputs: StageInputs) -> StageParts:
+    settings = inputs.plan.objective
+    assert isinstance(settings, CausalLMObjective)
     watches = (ExpertLoadWatch(),) if inputs.moe else ()
-    return StageParts(token_rows(inputs), LanguageModelLoss(inputs.plan.objective.label_smoothing), watches)  # type: ignore[union-attr]
+    return StageParts(token_rows(inputs), LanguageModelLoss(settings.label_smoothing), watches)
 
 
 def no_grad_logits(model: nn.Module, batch: TokenBatch) -> torch.Tensor:

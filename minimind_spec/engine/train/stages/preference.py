@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from builders import adapters_disabled
+from builders.model import CausalLMOutput
 from builders.techniques import dpo_loss, sequence_log_probs
 
 from ....errors import InputError
@@ -37,13 +38,14 @@ from .base import ObjectiveOutput, StageData, StageInputs, StageParts, held_out_
 from .batches import PairBatch, collate_pairs
 
 
-def sequence_logps(model: nn.Module, batch: PairBatch, average: bool) -> tuple[torch.Tensor, object]:
+def sequence_logps(model: nn.Module, batch: PairBatch, average: bool) -> tuple[torch.Tensor, CausalLMOutput]:
     out = model(batch.input_ids)  # logits (2B, T, V)
     return sequence_log_probs(out.logits, batch.labels, average=average).float(), out  # (2B,)
 
 
 class Reference(Protocol):
-    mode: ReferenceMode
+    @property
+    def mode(self) -> ReferenceMode: ...
 
     def log_probs(self, policy: nn.Module, batch: PairBatch, average: bool) -> torch.Tensor: ...  # (2B,) no gradient
 
@@ -100,9 +102,9 @@ class DPOLoss:
                    "rewards/rejected": float(rejected.mean()), "rewards/margins": float((chosen - rejected).mean()),
                    "rewards/accuracies": float((chosen > rejected).float().mean()),
                    "logps/chosen": float(policy[0::2].detach().mean()), "logps/rejected": float(policy[1::2].detach().mean()),
-                   **moe_metrics(out.aux_loss, out.expert_counts)}  # type: ignore[attr-defined]
-        aux = out.aux_loss * batch.pairs  # type: ignore[attr-defined]
-        return ObjectiveOutput(losses.sum() + aux, metrics, out.expert_counts)  # type: ignore[attr-defined]
+                   **moe_metrics(out.aux_loss, out.expert_counts)}
+        aux = out.aux_loss * batch.pairs
+        return ObjectiveOutput(losses.sum() + aux, metrics, out.expert_counts)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
