@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InputError
-from ..metrics import read_metrics
+from ..metrics import METRICS_FILE, read_metrics
 from ..stages import STAGE_ORDER, stage
 from .design import Ablation, spec_digest
 from .task import Budget, Task
@@ -72,7 +72,7 @@ class StageRun:
 
     @property
     def metrics(self) -> Path:
-        return self.directory / self.stage / "metrics.jsonl"
+        return self.directory / self.stage / METRICS_FILE
 
     @property
     def done(self) -> bool:

@@ -35,7 +35,7 @@ from ...errors import InputError
 from ...files import write_text_atomic
 from ...graph import ParamRole
 from ...model_files import FINAL, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, find_model, latest_checkpoint
-from ...plan import StagePlan, TrainingPlan
+from ...plan import ReferenceMode, StagePlan, TrainingPlan
 from ...stages import STAGE_ORDER
 from ...stages import stage as stage_definition
 from ..compile import compile_graph
@@ -206,7 +206,8 @@ def _write_final(stage_dir: Path, weights: dict[str, torch.Tensor], resolved: Re
     return final
 
 
-def _executed(stage: StagePlan, result: StageResult, precision: PrecisionRuntime, reference: Any, trainable: int) -> dict:
+def _executed(stage: StagePlan, result: StageResult, precision: PrecisionRuntime, reference: ReferenceMode | None,
+              trainable: int) -> dict[str, Any]:
     lrs = result.applied_lrs
     peak = max(lrs, default=0.0)
     return {"precision": str(precision.executed()), "reference": None if reference is None else str(reference),
