@@ -34,10 +34,10 @@ check:  # types (mypy, strict: every function typed) and lint (unused imports an
 schema: install
 	$(PY) -m minimind_spec schema
 
-ablate-quick:  # the card's six ablations, one seed (about 8 min on 2 CPU cores): out/ablations/report.md
+ablate-quick:  # the card's six ablations, one seed (about 10 min on 2 CPU cores): out/ablations/report.md
 	$(PIP) -e ".[plots]"
 	$(PY) -m minimind_spec ablate spec/minimind.json spec/ablations/*.json --quick --out out/ablations
 
-ablate:  # the full study, three seeds: out/ablations_full/report.md
+ablate:  # the full study, three seeds (about 40 min): out/ablations_full/report.md
 	$(PIP) -e ".[plots]"
 	$(PY) -m minimind_spec ablate spec/minimind.json spec/ablations/*.json --out out/ablations_full

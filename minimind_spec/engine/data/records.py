@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ...errors import InputError
+from ...stages import RecordKind
 
 Role = Literal["system", "user", "assistant"]
-RecordKind = Literal["pretrain", "conversation", "preference"]
 ROLES = ("system", "user", "assistant")
 
 

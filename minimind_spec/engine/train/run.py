@@ -36,7 +36,7 @@ from ...files import write_text_atomic
 from ...graph import ParamRole
 from ...model_files import FINAL, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, find_model, latest_checkpoint
 from ...plan import ReferenceMode, StagePlan, TrainingPlan
-from ...stages import STAGE_ORDER
+from ...stages import STAGE_ORDER, RowLayout
 from ...stages import stage as stage_definition
 from ..compile import compile_graph
 from ..data.token_cache import TokenCache, build_token_cache
@@ -159,7 +159,8 @@ def _token_cache(stage: StagePlan, tokenizer: ChatTokenizer, options: RunOptions
 
     def tokenized() -> TokenCache:
         return build_token_cache(data, tokenizer, records, cache_dir,
-                                 max_length=None if records == "pretrain" else stage.seq_len, skip_bad_lines=options.skip_bad_lines)
+                                 max_length=None if stage.rows == RowLayout.STREAM else stage.seq_len,  # a stream cuts no document
+                                 skip_bad_lines=options.skip_bad_lines)
 
     if world.is_main:
         cache = tokenized()
