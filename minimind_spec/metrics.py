@@ -68,7 +68,16 @@ def read_metrics(path: Path) -> list[MetricsRow]:
     path = Path(path)
     if not path.is_file():
         return []
-    return [MetricsRow.from_json(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(MetricsRow.from_json(json.loads(line)))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise
+            break  # a last line cut short (the disk filled, or the run was killed mid-write): the steps before it stand
+    return rows
 
 
 def series(rows: list[MetricsRow], key: str) -> tuple[list[int], list[float]]:

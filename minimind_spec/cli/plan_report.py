@@ -29,22 +29,22 @@ def _duration(seconds: float | None) -> str:
 
 def _rows(plan: StagePlan) -> list[str]:
     """The stage's lines: what it reads, trains, optimises, and costs."""
-    prov = plan.provenance
+    prov = {key: escape(value) for key, value in plan.provenance.items()}  # paths and user text may hold [brackets]
     clip = "off" if plan.grad_clip is None else f"{plan.grad_clip:g}"
     layout = {"stream": "consecutive slices of the token stream" + (", documents isolated" if plan.document_mask
                                                                      else ", documents attend across"),
               "packed": "samples packed into rows, each attending to itself only" if plan.pack
               else "one sample per row, padded (--no-pack)", "pairs": "chosen/rejected pairs padded to the batch's longest"}
-    lines = [f"objective: {plan.objective.describe()}; the step's loss sum / its {plan.count_unit}",
-             f"data: {plan.data or '-'}  [dim]({plan.data_format}; {layout[plan.rows]})[/dim]",
+    lines = [f"objective: {escape(plan.objective.describe())}; the step's loss sum / its {plan.count_unit}",
+             f"data: {escape(str(plan.data or '-'))}  [dim]({escape(plan.data_format)}; {layout[plan.rows]})[/dim]",
              f"trains: {', '.join(plan.trainable_roles)}: {plan.trainable_params:,} of {plan.total_params:,} parameters "
-             f"({plan.trainable_percent:.2f}%), from {plan.init_from}  [dim]({prov['trainable_roles']})[/dim]"]
+             f"({plan.trainable_percent:.2f}%), from {escape(plan.init_from)}  [dim]({prov['trainable_roles']})[/dim]"]
     if plan.active_params < plan.total_params:
         lines.append(f"per token: {plan.active_params:,} active of {plan.total_params:,} parameters "
                      f"({100 * plan.active_params / plan.total_params:.1f}%; MoE routes each token to its top-k experts)")
-    lines += [f"[yellow]declared vs compiled: {c}[/yellow]" for c in plan.declared]
+    lines += [f"[yellow]declared vs compiled: {escape(c)}[/yellow]" for c in plan.declared]
     if plan.frozen_model:
-        lines.append(f"frozen: {plan.frozen_model}")
+        lines.append(f"frozen: {escape(plan.frozen_model)}")
     lines += [
         f"optimizer: {plan.optimizer}(betas={plan.betas[0]:g}/{plan.betas[1]:g}), lr {plan.lr:g} [dim]({prov['lr']})[/dim], "
         f"weight decay {plan.weight_decay:g} [dim]({prov['weight_decay']})[/dim] on {plan.decay_params:,}, none on "
@@ -63,7 +63,7 @@ def _rows(plan: StagePlan) -> list[str]:
                  f"{fmt_bytes(memory.gradients + memory.optimizer)} grads and optimizer state + {fmt_bytes(memory.activations)} "
                  f"activations of one micro-batch + {fmt_bytes(memory.frozen_models)} frozen models")
     source = prov["max_steps"] if plan.max_steps is not None else prov["epochs"]
-    lines.append(f"length: {length} [dim]({source})[/dim]; eval: {plan.evaluation}")
+    lines.append(f"length: {length} [dim]({source})[/dim]; eval: {escape(plan.evaluation)}")
     lines += [f"[yellow]warning: {escape(w)}[/yellow]" for w in plan.warnings]
     return lines
 

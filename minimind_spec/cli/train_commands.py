@@ -172,7 +172,8 @@ def train_command(
     if probe:
         training_plan = _probe(graph, training_plan, resolved.model.vocab_size, facts.kind)
     if not plan:
-        _run(resolved, graph, training_plan, tokenizer, out, init, seed, facts.kind, resume, force, skip_bad_lines, eval_every,
+        picked = device if device != "auto" else facts.kind  # keeps a device index: cuda:1
+        _run(resolved, graph, training_plan, tokenizer, out, init, seed, picked, resume, force, skip_bad_lines, eval_every,
              save_every, deterministic, no_progress, fsdp, compile_model)
         return
     if as_json:
@@ -221,6 +222,8 @@ def _run(resolved: Any, graph: Any, training_plan: TrainingPlan, tokenizer: Path
                           "the same command (with --resume if a stage had finished) starts it again")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if not main:
+        if results and results[-1].interrupted:
+            raise typer.Exit(EXIT_INTERRUPTED)
         return
     print_results(training_plan, results, out)
     print_outputs(training_plan, out)

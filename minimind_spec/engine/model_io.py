@@ -13,6 +13,7 @@ Training checkpoints (`train/checkpoint.py`), a stage's `final/` (`train/run.py`
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
@@ -66,8 +68,13 @@ def fsync_directory(path: Path) -> None:
 
 
 def write_tensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """A safetensors file of `tensors` (moved to the CPU, contiguous), flushed to disk."""
-    save_file({name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}, str(path), metadata=metadata)
+    """A safetensors file of `tensors` (moved to the CPU, contiguous), flushed to disk. A failed write (a full
+    disk, a file-size limit) raises OSError, as every other file write does."""
+    try:
+        save_file({name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}, str(path),
+                  metadata=metadata)
+    except SafetensorError as error:  # safetensors reports I/O failures as its own exception
+        raise OSError(errno.EIO, str(error).removeprefix("Error while serializing: "), str(path)) from error
     _fsync_file(path)
 
 

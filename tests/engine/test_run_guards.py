@@ -38,6 +38,47 @@ def test_resume_says_which_stage_from_which_step(workspace, tmp_path):
     assert resumed.exit_code == 0, resumed.output
     assert "resuming stage pretrain from step 2" in resumed.output
     assert [row["step"] for row in metrics(tmp_path / "run" / "pretrain" / "metrics.jsonl")] == [1, 2, 3, 4]
+    executed = json.loads((stage / "executed.json").read_text())  # the whole stage's record, not this invocation's
+    assert (executed["peak_lr"], executed["warmup"], executed["resumed_from"]) == (0.003, 2, 2)
+
+
+def test_resume_refuses_another_seed_and_applies_forced_changes(workspace, tmp_path):
+    assert _pretrain(workspace, tmp_path / "run", "--max-steps", "4", "--save-every", "2").exit_code == 0
+    stage = tmp_path / "run" / "pretrain"
+    (stage / "latest").write_text("checkpoints/step-00000002\n")
+    shutil.rmtree(stage / "checkpoints" / "step-00000004")
+    refused = _pretrain(workspace, tmp_path / "run", "--max-steps", "4", "--resume", "--seed", "1")
+    assert refused.exit_code == 2 and "run.seed: 0 -> 1" in refused.output  # the seed orders the data
+    forced = _pretrain(workspace, tmp_path / "run", "--max-steps", "4", "--resume", "--weight-decay", "0.5", "--force")
+    assert forced.exit_code == 0 and "stage.weight_decay: 0.0 -> 0.5" in forced.output
+    groups = json.loads((stage / "checkpoints" / "step-00000004" / "optimizer.json").read_text())["param_groups"]
+    assert groups[0]["weight_decay"] == 0.5  # applied, not the checkpoint's
+
+
+def test_a_real_file_size_limit_while_saving_is_one_line(workspace, tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    from ..conftest import ROOT
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))  # the checkpoint's weights are larger
+
+    done = subprocess.run([sys.executable, "-m", "minimind_spec", *args(workspace, tmp_path / "run", "--stage", "pretrain",
+                                                                        "--max-steps", "2", "--eval-every", "0")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "could not write the step-2 checkpoint" in done.stderr
+    assert "File too large" in done.stderr
+
+
+def test_a_metrics_file_cut_short_still_reads(tmp_path):
+    from minimind_spec.metrics import read_metrics
+
+    rows = [json.dumps({"step": s, "loss": 1.0, "lr": 1e-3, "tokens": s}) for s in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 3, "lo')  # the disk filled mid-line
+    assert [row.step for row in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
 
 
 def test_a_full_disk_while_saving_is_one_line_naming_what_was_kept(workspace, tmp_path, monkeypatch):
@@ -147,6 +188,16 @@ def test_the_held_out_loss_printed_is_labelled_with_its_step_when_older(capsys):
     assert "held-out loss 1.2500;" in capsys.readouterr().out
     print_results(SimpleNamespace(stages=(stage,)), [older], Path("run"))
     assert "held-out loss 1.2500 (at step 40)" in capsys.readouterr().out
+
+
+def test_a_plan_shows_paths_with_brackets_as_they_are(workspace, tmp_path):
+    odd = tmp_path / "d" / "[old]" / "sft.jsonl"
+    odd.parent.mkdir(parents=True)
+    odd.write_text((workspace / "sft.jsonl").read_text())
+    result = CliRunner().invoke(app, ["train", str(workspace / "tiny.json"), "--plan", "--sft-data", str(odd), "--stage", "sft"],
+                                env={"COLUMNS": "400"})
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    assert "[old]/sft.jsonl" in result.output
 
 
 @pytest.mark.parametrize("flag", ["--seq-len", "--micro-batch"])

@@ -119,7 +119,7 @@ def restore_random_state(checkpoint: Path) -> TrainState:
     """Set every RNG (torch, CUDA, Python, NumPy) as `checkpoint` saved it; returns its run position."""
     rng = load_file(str(checkpoint / "rng.safetensors"))
     torch.set_rng_state(rng["torch"])
-    cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]
+    cuda = [rng[k] for k in sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     data = json.loads((checkpoint / "state.json").read_text())

@@ -37,6 +37,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from builders.model import MiniMindForCausalLM
+from builders.moe import MoE
 
 from ...errors import InputError
 from ...metrics import METRICS_FILE, MetricsLog, MetricsRow
@@ -92,7 +93,6 @@ class StageResult:
     interrupted: bool
     resumed_from: int | None  # the checkpoint's step when the stage resumed
     checkpoint: Path
-    applied_lrs: tuple[float, ...]  # the lr of every step this run trained
 
 
 @dataclass
@@ -132,8 +132,8 @@ def set_up(plan: StagePlan, parts: StageParts, model: MiniMindForCausalLM, graph
         distributed.shard(model)  # before the optimizer: it holds the sharded parameters
     optimizer = build_optimizer(model, graph, plan)
     train_model: nn.Module = cast(nn.Module, torch.compile(model)) if settings.compile else model  # an OptimizedModule
-    if world.distributed and not sharded:
-        train_model = DistributedDataParallel(train_model)
+    if world.distributed and not sharded:  # an expert that receives no token in a step has no gradient
+        train_model = DistributedDataParallel(train_model, find_unused_parameters=any(isinstance(m, MoE) for m in model.modules()))
     return Trainer(plan, parts, settings, model, train_model, optimizer, precision, world, sharded, total_steps(plan, parts))
 
 
@@ -152,13 +152,16 @@ def restore(trainer: Trainer) -> tuple[TrainState, int | None]:
         return fresh, None
     saved = read_state(checkpoint)
     if saved.decisions_hash != settings.decisions_hash and not settings.force:
-        raise CheckpointError(f"{checkpoint} was trained with other settings; --force resumes anyway")
+        raise CheckpointError(f"{checkpoint} was trained with other settings or other data; --force resumes anyway")
+    planned = [{k: v for k, v in group.items() if k != "params"} for group in trainer.optimizer.param_groups]
     if trainer.sharded:
         distributed.load_full_state(trainer.model, trainer.optimizer, load_file(str(checkpoint / "model.safetensors")),
                                     read_optimizer_state(checkpoint), sharded=True)
     else:
         load_weights_into(trainer.model, checkpoint / "model.safetensors")
         trainer.optimizer.load_state_dict(read_optimizer_state(checkpoint))
+    for group, own in zip(trainer.optimizer.param_groups, planned):  # the plan's hyperparameters, not the checkpoint's
+        group.update({key: own[key] for key in ("weight_decay", "betas", "momentum") if key in own})
     state = replace(restore_random_state(checkpoint), decisions_hash=settings.decisions_hash)
     trainer.precision.load_state(state.scaler)
     distributed.barrier(trainer.world)  # every rank has read the checkpoint before rank 0 may write the next one
@@ -332,6 +335,13 @@ def _row(trainer: Trainer, state: TrainState, loss: float, lr: float, metrics: d
     return replace(row, warnings=tuple(warnings))
 
 
+def _all_agree_to_stop(trainer: Trainer, asked: bool) -> bool:
+    """Ctrl-C on any process stops every process at the same step (one all-reduce), so none waits in a collective."""
+    if not trainer.world.distributed:
+        return asked
+    return distributed.sums([1.0 if asked else 0.0], trainer.world, trainer.settings.device)[0] > 0
+
+
 def _due(step: int, every: int, total: int, stopping: bool = False) -> bool:
     return bool(every) and (step % every == 0 or step == total or stopping)
 
@@ -343,14 +353,14 @@ def train_stage(plan: StagePlan, parts: StageParts, model: MiniMindForCausalLM, 
     state, resumed_from = restore(trainer)
     log = MetricsLog(settings.stage_dir / METRICS_FILE, enabled=trainer.world.is_main)
     log.keep_until(state.step)
-    bad, last_loss, evaluation, lrs = 0, None, None, []
+    bad, last_loss, evaluation, stopping = 0, None, None, False
     evaluates = trainer.world.is_main or trainer.sharded  # sharded, every rank takes part in the forward's gathers
     model.train()
     with interrupt_flag() as interrupt, _progress(trainer) as progress, log:
         task = progress.add_task("train", total=trainer.total_steps, completed=state.step, status="")
-        while state.step < trainer.total_steps and not interrupt["stop"]:
+        while state.step < trainer.total_steps and not stopping:
             started, lr = time.perf_counter(), lr_at(plan, state.step, trainer.total_steps)
-            rows, state = next_rows(parts.data.train_rows, state, plan.batch_size, settings.seed)
+            rows, state = next_rows(parts.data.train_rows, state, plan.batch_size, state.seed)  # the run's own order
             loss, metrics, tokens, norm = train_step(trainer, rows, lr)
             state = replace(state, step=state.step + 1)
             if norm is None:  # a non-finite loss: the step is skipped
@@ -359,23 +369,23 @@ def train_stage(plan: StagePlan, parts: StageParts, model: MiniMindForCausalLM, 
                     raise TrainingStopped(f"{bad} non-finite losses in a row at step {state.step}; the last good "
                                           f"checkpoint is {latest_checkpoint(settings.stage_dir)}")
                 continue
+            stopping = _all_agree_to_stop(trainer, interrupt["stop"])
             bad, last_loss, state = 0, loss, replace(state, tokens_seen=state.tokens_seen + tokens)
-            lrs.append(lr)
             fresh = evaluate(trainer, state.step) if evaluates and _due(state.step, settings.eval_every, trainer.total_steps) else None
             evaluation = fresh or evaluation
             row = _row(trainer, state, loss, lr, metrics, norm, tokens, time.perf_counter() - started, fresh)
             for warning in row.warnings if trainer.world.is_main else ():
                 progress.console.print(f"[yellow]warning[/yellow]: {warning}")
             log.append(row)
-            if settings.checkpoints and _due(state.step, settings.save_every, trainer.total_steps, interrupt["stop"]):
+            if settings.checkpoints and _due(state.step, settings.save_every, trainer.total_steps, stopping):
                 save(trainer, state)
             progress.update(task, completed=state.step, status=f"loss {loss:.4f}  lr {lr:.2e}  {row.tokens_per_s or 0:,.0f} tok/s")
     final = latest_checkpoint(settings.stage_dir)
     if settings.checkpoints and (final is None or read_state(final).step != state.step):
         save(trainer, state)
     distributed.barrier(trainer.world)
-    return StageResult(state.step, trainer.total_steps, last_loss, evaluation, state.skipped_steps, interrupt["stop"],
-                       resumed_from, latest_checkpoint(settings.stage_dir) or settings.stage_dir, tuple(lrs))
+    return StageResult(state.step, trainer.total_steps, last_loss, evaluation, state.skipped_steps, stopping,
+                       resumed_from, latest_checkpoint(settings.stage_dir) or settings.stage_dir)
 
 
 def trainable_count(model: nn.Module) -> int:

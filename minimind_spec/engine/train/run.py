@@ -34,6 +34,7 @@ from ...config import ResolvedSpec, flat_values, value_changes, weight_values
 from ...errors import InputError
 from ...files import write_text_atomic
 from ...graph import ParamRole
+from ...metrics import METRICS_FILE, read_metrics
 from ...model_files import FINAL, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, find_model, latest_checkpoint
 from ...plan import ReferenceMode, StagePlan, TrainingPlan
 from ...stages import STAGE_ORDER, RowLayout
@@ -87,9 +88,11 @@ def resolved_values(resolved: ResolvedSpec) -> dict[str, object]:
     return flat_values({"model": resolved.model, "training": resolved.training})
 
 
-def stage_record(resolved: ResolvedSpec, stage: StagePlan) -> dict[str, object]:
-    """What a resumed stage must agree on: the model's weights-defining values and the stage's decisions."""
-    return flat_values({"model": weight_values(resolved.model), "stage": stage.decisions()})
+def stage_record(resolved: ResolvedSpec, stage: StagePlan, seed: int) -> dict[str, object]:
+    """What a resumed stage must agree on: the model's weights-defining values, the stage's decisions, the seed (it
+    orders the data) and the data file (its name and size here; its contents through the token cache's key)."""
+    data = f"{stage.data.name} ({stage.data.stat().st_size:,} bytes)" if stage.data is not None and stage.data.is_file() else None
+    return flat_values({"model": weight_values(resolved.model), "stage": stage.decisions(), "run": {"seed": seed, "data": data}})
 
 
 def record_hash(record: dict[str, object]) -> str:
@@ -130,7 +133,7 @@ def check_resume(stage_dir: Path, resolved: ResolvedSpec, stage: StagePlan, opti
     if not options.resume or not plan_file.is_file() or checkpoint is None:
         return
     saved = json.loads(plan_file.read_text())
-    changes = value_changes(saved.get("record", {}), stage_record(resolved, stage))
+    changes = value_changes(saved.get("record", {}), stage_record(resolved, stage, options.seed))
     if changes and not options.force:
         shown = "\n  ".join(changes[:20]) + (f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else "")
         raise CheckpointError(f"{stage_dir} was trained with other settings; {len(changes)} values changed:\n  {shown}\n"
@@ -139,14 +142,14 @@ def check_resume(stage_dir: Path, resolved: ResolvedSpec, stage: StagePlan, opti
         _say(f"warning: resuming with a changed value (--force): {change}")
 
 
-def _write_stage_records(stage_dir: Path, resolved: ResolvedSpec, plan: TrainingPlan, stage: StagePlan) -> None:
+def _write_stage_records(stage_dir: Path, resolved: ResolvedSpec, plan: TrainingPlan, stage: StagePlan, seed: int) -> None:
     """config.json (so a checkpoint directory is also a model directory), resolved.json and plan.json."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(stage_dir / CONFIG_FILE, json.dumps(model_config_dict(resolved), indent=2) + "\n")
     values = {**resolved_values(resolved), "model.attention_backend_used": stage.attention}  # what the forward runs
     write_text_atomic(stage_dir / RESOLVED_FILE, json.dumps(values, indent=2) + "\n")
     stage_json = next(s for s, p in zip(plan.to_json()["stages"], plan.stages) if p is stage)
-    write_text_atomic(stage_dir / PLAN_FILE, json.dumps({"record": stage_record(resolved, stage), "plan": stage_json},
+    write_text_atomic(stage_dir / PLAN_FILE, json.dumps({"record": stage_record(resolved, stage, seed), "plan": stage_json},
                                                         indent=2, default=str) + "\n")
 
 
@@ -207,15 +210,17 @@ def _write_final(stage_dir: Path, weights: dict[str, torch.Tensor], resolved: Re
     return final
 
 
-def _executed(stage: StagePlan, result: StageResult, precision: PrecisionRuntime, reference: ReferenceMode | None,
-              trainable: int) -> dict[str, Any]:
-    lrs = result.applied_lrs
+def _executed(stage: StagePlan, stage_dir: Path, result: StageResult, precision: PrecisionRuntime,
+              reference: ReferenceMode | None, trainable: int) -> dict[str, Any]:
+    """What the engine did, from the live objects and the learning rates the loop applied (metrics.jsonl: every
+    step of the stage, across resumes). The warmup is the ramp the lrs show: its length once the peak was reached
+    and left (a warmup of 0 or 1 step starts at the peak and shows as 1), None while the lr was still rising."""
+    lrs = [row.lr for row in read_metrics(stage_dir / METRICS_FILE)]
     peak = max(lrs, default=0.0)
+    reached = bool(lrs) and lrs.index(peak) < len(lrs) - 1
     return {"precision": str(precision.executed()), "reference": None if reference is None else str(reference),
             "trainable_params": trainable, "peak_lr": peak if lrs else None, "first_lr": lrs[0] if lrs else None,
-            # the ramp the first step's lr implies (peak / warmup; 0 and 1 step of warmup both start at the peak)
-            "warmup": round(peak / lrs[0]) if lrs and lrs[0] > 0 and result.resumed_from is None else None,
-            "steps": result.steps,
+            "warmup": round(peak / lrs[0]) if reached and lrs[0] > 0 else None, "steps": result.steps,
             "total_steps": result.total_steps, "micro_batch": stage.micro_batch, "grad_accumulation": stage.grad_accumulation,
             "resumed_from": result.resumed_from}
 
@@ -229,7 +234,7 @@ def _run_stage(resolved: ResolvedSpec, graph: nx.DiGraph, plan: TrainingPlan, st
     precision = PrecisionRuntime(stage.precision, device)
     parts = build_stage(StageInputs(stage, model, cache, tokenizer.pad_id, device, precision, resolved.model.moe is not None))
     if world.is_main:
-        _write_stage_records(stage_dir, resolved, plan, stage)
+        _write_stage_records(stage_dir, resolved, plan, stage, options.seed)
         checkpoint = latest_checkpoint(stage_dir)
         if options.resume and checkpoint is not None:
             _say(f"resuming stage {stage.kind} from step {int(checkpoint.name.split('-')[1])} ({checkpoint})")
@@ -238,14 +243,15 @@ def _run_stage(resolved: ResolvedSpec, graph: nx.DiGraph, plan: TrainingPlan, st
     distributed.barrier(world)
     settings = LoopSettings(stage_dir, device, options.seed, options.eval_every, options.save_every, options.keep,
                             compile=options.compile, fsdp=options.fsdp, progress=options.progress, resume=options.resume,
-                            force=options.force, decisions_hash=record_hash(stage_record(resolved, stage)))
+                            force=options.force,
+                            decisions_hash=record_hash({**stage_record(resolved, stage, options.seed), "data": cache.directory.name}))
     result = train_stage(stage, parts, model, graph, settings, precision)
     sharded = options.fsdp and world.distributed
     if world.is_main:
         plot_loss(stage_dir, f"{resolved.name}: {stage.kind}")
         write_tensorboard(stage_dir)
-        write_text_atomic(stage_dir / EXECUTED_FILE, json.dumps(_executed(stage, result, precision, parts.reference,
-                                                                          trainable), indent=2) + "\n")
+        executed = _executed(stage, stage_dir, result, precision, parts.reference, trainable)
+        write_text_atomic(stage_dir / EXECUTED_FILE, json.dumps(executed, indent=2) + "\n")
     if not result.interrupted and (world.is_main or sharded):
         weights, _ = distributed.full_state(model, None, sharded)  # sharded: every rank helps gather
         if world.is_main:
