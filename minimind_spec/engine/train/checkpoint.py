@@ -28,10 +28,10 @@ from safetensors.torch import load_file
 
 from ...errors import InputError
 from ...files import write_text_atomic
-from ..model_io import fsync_directory, staged_directory, write_tensors
+from ...model_files import LATEST
+from ..model_io import fsync_directory, latest_checkpoint, staged_directory, write_tensors
 
 CHECKPOINT_DIR = "checkpoints"
-LATEST = "latest"
 
 
 class CheckpointError(InputError):
@@ -92,6 +92,15 @@ def save_checkpoint(stage_dir: Path, weights: dict[str, torch.Tensor], optimizer
     for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def resumable_checkpoint(stage_dir: Path, resume: bool) -> Path | None:
+    """The stage's latest checkpoint, to resume from; a stage that has one is never trained over without --resume."""
+    checkpoint = latest_checkpoint(stage_dir)
+    if checkpoint is not None and not resume:
+        raise CheckpointError(f"{stage_dir} already holds a run (at {checkpoint.name}): --resume continues it, "
+                              "or choose another --out")
+    return checkpoint
 
 
 def read_state(checkpoint: Path) -> TrainState:

@@ -45,7 +45,8 @@ from ...plan import StagePlan
 from ..export import load_weights_into
 from ..model_io import latest_checkpoint
 from . import distributed
-from .checkpoint import CheckpointError, TrainState, read_optimizer_state, read_state, restore_random_state, save_checkpoint
+from .checkpoint import (CheckpointError, TrainState, read_optimizer_state, read_state, restore_random_state,
+                         resumable_checkpoint, save_checkpoint)
 from .monitors import expert_load
 from .optim import build_optimizer, lr_at
 from .precision import PrecisionRuntime
@@ -142,11 +143,8 @@ def restore(trainer: Trainer) -> tuple[TrainState, int | None]:
     else a fresh one; refuses to train over an existing run. Returns (state, the step resumed from)."""
     settings = trainer.settings
     fresh = TrainState(trainer.plan.kind, 0, 0, 0, 0, 0, settings.decisions_hash, settings.seed)
-    checkpoint = latest_checkpoint(settings.stage_dir)
-    if checkpoint is None or not settings.resume:
-        if checkpoint is not None:
-            raise CheckpointError(f"{settings.stage_dir} already holds a run (at {checkpoint.name}): --resume continues it, "
-                                  "or choose another --out")
+    checkpoint = resumable_checkpoint(settings.stage_dir, settings.resume)
+    if checkpoint is None:
         torch.manual_seed(settings.seed)
         distributed.barrier(trainer.world)
         return fresh, None

@@ -48,7 +48,7 @@ from ..model_io import staged_directory, write_tensors
 from ..trainability import set_trainable
 from ..writer import CONFIG_FILE, WEIGHTS_FILE, model_config_dict
 from . import distributed
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, resumable_checkpoint
 from .loop import LoopSettings, StageResult, train_stage, trainable_count
 from .precision import PrecisionRuntime
 from .report import plot_loss, write_tensorboard
@@ -125,10 +125,7 @@ def check_out_dir(out: Path, resolved: ResolvedSpec, force: bool) -> None:
 def check_resume(stage_dir: Path, resolved: ResolvedSpec, stage: StagePlan, options: RunOptions) -> None:
     """Before any work: a stage with checkpoints is continued only with --resume, and only when it was
     trained with the same decisions (each change is listed; --force resumes anyway, warning per change)."""
-    checkpoint = latest_checkpoint(stage_dir)
-    if checkpoint is not None and not options.resume:
-        raise CheckpointError(f"{stage_dir} already holds a run (at {checkpoint.name}): --resume continues it, "
-                              "or choose another --out")
+    checkpoint = resumable_checkpoint(stage_dir, options.resume)
     plan_file = stage_dir / PLAN_FILE
     if not options.resume or not plan_file.is_file() or checkpoint is None:
         return

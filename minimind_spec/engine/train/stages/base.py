@@ -90,6 +90,6 @@ def held_out_split(rows: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(rows - held_out), np.arange(rows - held_out, rows)
 
 
-def moe_metrics(aux_loss: torch.Tensor, expert_counts: torch.Tensor | None) -> dict[str, float]:
+def balance_loss_metric(aux_loss: torch.Tensor, expert_counts: torch.Tensor | None) -> dict[str, float]:
     """The batch's MoE balance loss (its per-count share is added to the loss sum by the objective)."""
     return {} if expert_counts is None else {"aux_loss": float(aux_loss.detach())}

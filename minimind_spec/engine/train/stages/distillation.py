@@ -24,7 +24,7 @@ from ....model_files import find_model
 from ....objectives import DistillObjective
 from ...export import load_model, read_model_config
 from ..monitors import ExpertLoadWatch
-from .base import ObjectiveOutput, StageInputs, StageParts, moe_metrics
+from .base import ObjectiveOutput, StageInputs, StageParts, balance_loss_metric
 from .batches import TokenBatch
 from .language_model import no_grad_logits, token_rows
 
@@ -74,7 +74,7 @@ class DistillationLoss:
         per = 1.0 / max(float(count), 1e-12)
         metrics = {"distill_loss": float(total.detach()) * per, "ce": float(parts["ce"]) * per, "soft": float(parts["soft"]) * per,
                    "lm_loss": float(lm_sum) / max(float(lm_count), 1.0), "reasoning_share": float(batch.reasoning.float().mean()),
-                   **moe_metrics(out.aux_loss, out.expert_counts)}
+                   **balance_loss_metric(out.aux_loss, out.expert_counts)}
         return ObjectiveOutput(total + out.aux_loss * count, metrics, out.expert_counts)
 
 

@@ -22,7 +22,7 @@ from ....objectives import CausalLMObjective
 from ....stages import RowLayout
 from ...data.packing import Row, sample_layout, sample_row, stream_layout, stream_row
 from ..monitors import ExpertLoadWatch
-from .base import ObjectiveOutput, StageData, StageInputs, StageParts, held_out_split, moe_metrics
+from .base import ObjectiveOutput, StageData, StageInputs, StageParts, held_out_split, balance_loss_metric
 from .batches import TokenBatch, collate_rows
 
 
@@ -67,7 +67,7 @@ class LanguageModelLoss:
         total, count = causal_lm_loss_sum(out.logits, batch.labels, label_smoothing=self.label_smoothing)
         lm = float(total.detach()) / max(float(count), 1.0)
         loss_sum = total + out.aux_loss * count
-        return ObjectiveOutput(loss_sum, {"lm_loss": lm, **moe_metrics(out.aux_loss, out.expert_counts)}, out.expert_counts)
+        return ObjectiveOutput(loss_sum, {"lm_loss": lm, **balance_loss_metric(out.aux_loss, out.expert_counts)}, out.expert_counts)
 
 
 def language_model_stage(inputs: StageInputs) -> StageParts:

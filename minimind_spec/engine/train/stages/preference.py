@@ -34,7 +34,7 @@ from ....errors import InputError
 from ....objectives import PreferenceObjective
 from ....plan import ReferenceMode
 from ..monitors import DPOWatch, ExpertLoadWatch
-from .base import ObjectiveOutput, StageData, StageInputs, StageParts, held_out_split, moe_metrics
+from .base import ObjectiveOutput, StageData, StageInputs, StageParts, held_out_split, balance_loss_metric
 from .batches import PairBatch, collate_pairs
 
 
@@ -102,7 +102,7 @@ class DPOLoss:
                    "rewards/rejected": float(rejected.mean()), "rewards/margins": float((chosen - rejected).mean()),
                    "rewards/accuracies": float((chosen > rejected).float().mean()),
                    "logps/chosen": float(policy[0::2].detach().mean()), "logps/rejected": float(policy[1::2].detach().mean()),
-                   **moe_metrics(out.aux_loss, out.expert_counts)}
+                   **balance_loss_metric(out.aux_loss, out.expert_counts)}
         aux = out.aux_loss * batch.pairs
         return ObjectiveOutput(losses.sum() + aux, metrics, out.expert_counts)
 
