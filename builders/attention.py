@@ -1,5 +1,7 @@
 """Grouped-query self-attention (GQA; n_kv_heads divides n_heads) with causal and padding
-masks, attention dropout, RoPE, a static KV cache, and three interchangeable backends:
+masks, attention dropout, optional QK-norm (an RMSNorm over each head's queries and keys
+before RoPE, as MiniMind-3 and Qwen3 do), RoPE, a static KV cache, and three interchangeable
+backends:
 
 - eager:       explicit softmax(q k^T / sqrt(d) + mask) v, float32 softmax (the reference)
 - sdpa:        torch.nn.functional.scaled_dot_product_attention
@@ -138,13 +140,17 @@ class Attention(nn.Module):
     """Multi-head / grouped-query causal self-attention over q/k/v/o projections."""
 
     def __init__(self, *, q_proj: Projection, k_proj: Projection, v_proj: Projection, o_proj: Projection,
-                 n_heads: int, n_kv_heads: int, head_dim: int, dropout: float, backend: BackendName) -> None:
+                 n_heads: int, n_kv_heads: int, head_dim: int, dropout: float, backend: BackendName,
+                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None) -> None:
         super().__init__()
+        if (q_norm is None) != (k_norm is None):
+            raise ValueError("QK-norm needs both q_norm and k_norm")
         if n_heads % n_kv_heads:
             raise ValueError(f"n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads})")
         if backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; expected one of {sorted(BACKENDS)}")
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = q_proj, k_proj, v_proj, o_proj
+        self.q_norm, self.k_norm = q_norm, k_norm  # per-head RMSNorm over head_dim (QK-norm), or None
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.dropout = dropout
         self.backend = backend
@@ -158,6 +164,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, d)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, d)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # each head normalised over its d features, before RoPE
         if cos is not None and sin is not None:
             q, k = apply_rotary(q, k, cos, sin)
         if cache is not None:

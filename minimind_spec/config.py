@@ -69,6 +69,7 @@ class ModelConfig:
     n_heads: int
     n_kv_heads: int
     head_dim: int
+    qk_norm: bool  # per-head RMSNorm of queries and keys before RoPE (MiniMind-3, Qwen3)
     mlp_hidden: int
     activation: Literal["SiLU", "GELU", "ReLU"]
     norm: Literal["RMSNorm", "LayerNorm"]

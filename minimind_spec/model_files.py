@@ -27,6 +27,8 @@ CHECKPOINT_STATE = "state.json"  # what marks a checkpoint directory (see engine
 LATEST = "latest"  # a stage directory's pointer to its newest checkpoint
 FINAL = "final"  # a stage directory's finished model
 STAGES_NEWEST_FIRST = tuple(reversed(STAGE_ORDER))
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")  # state dicts MiniMind's trainers save (torch.save)
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what a transformers directory holds
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,10 @@ def find_model(path: Path) -> ModelFiles:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
+    if is_foreign_checkpoint(path):
+        raise InputError(f"{path} is a {'MiniMind state dict (.pth)' if path.is_file() else 'transformers directory'}, "
+                         "which holds no spec: give the spec it was trained with (--spec SPEC), or import it once: "
+                         f"`minimind-spec import {path} --spec SPEC --out MODEL_DIR`")
     if path.is_file():
         path = path.parent  # e.g. .../model.safetensors
     if (path / CHECKPOINT_STATE).is_file() and (path / WEIGHTS_FILE).is_file():  # RUN/<stage>/checkpoints/step-N
@@ -107,3 +113,18 @@ def find_model(path: Path) -> ModelFiles:
             return found
     raise InputError(f"{path}: no trained model here (looked for {CONFIG_FILE} + {WEIGHTS_FILE} in it and in final/, "
                      "a checkpoint, and each stage's final/ or latest checkpoint)")
+
+
+def is_foreign_checkpoint(path: Path) -> bool:
+    """A MiniMind `.pth` (or another pickled state dict), or a transformers directory this package did not write."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() in PICKLE_SUFFIXES
+    config = path / CONFIG_FILE
+    if not path.is_dir() or not config.is_file():
+        return False
+    try:
+        ours = "minimind_spec" in json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return not ours and any((path / name).is_file() for name in TRANSFORMERS_WEIGHTS)

@@ -161,14 +161,20 @@ def _resolve_model(spec: Spec, variant: str | None, record: _Recorder, cli: Trai
     record.provenance["model.vocab_size"] = record.provenance.pop("model.vocab")
     n_kv_heads = record.take("model.n_kv_heads", hyperparams, "n_kv_heads", hpath, hyperparams.n_heads,
                              "n_heads (multi-head attention)")
-    head_dim = record.set("model.head_dim", hyperparams.d_model // hyperparams.n_heads, "derived: d_model / n_heads")
-    mlp_hidden = record.set("model.mlp_hidden", round(hyperparams.mlp_ratio * hyperparams.d_model), "derived: mlp_ratio x d_model")
+    head_dim = record.take("model.head_dim", hyperparams, "head_dim", hpath, hyperparams.attention_head_dim, "d_model / n_heads")
+    qk_norm = record.take("model.qk_norm", hyperparams, "qk_norm", hpath)
+    mlp_hidden = hyperparams.mlp_width
+    assert mlp_hidden is not None, "the rules require mlp_ratio or mlp_hidden"
+    if hyperparams.mlp_hidden is not None:
+        record.take("model.mlp_hidden", hyperparams, "mlp_hidden", hpath)
+    else:
+        record.set("model.mlp_hidden", mlp_hidden, "derived: mlp_ratio x d_model")
     rope = _resolve_rope(spec, record)
     max_positions = record.take("model.max_position_embeddings", hyperparams, "max_position_embeddings", hpath,
                                 round(hyperparams.seq_len * rope.factor), "seq_len x RoPE scaling factor")
     return ModelConfig(
         vocab_size=hyperparams.vocab, d_model=hyperparams.d_model, n_layers=hyperparams.n_layers, n_heads=hyperparams.n_heads,
-        n_kv_heads=n_kv_heads, head_dim=head_dim, mlp_hidden=mlp_hidden,
+        n_kv_heads=n_kv_heads, head_dim=head_dim, qk_norm=qk_norm, mlp_hidden=mlp_hidden,
         activation=record.take("model.activation", backbone, "activation", bpath),
         norm=record.take("model.norm", backbone, "norm", bpath),
         norm_eps=record.take("model.norm_eps", hyperparams, "norm_eps", hpath),

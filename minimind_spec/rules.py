@@ -47,14 +47,43 @@ def _repeated(items: Iterable[str], where: str, what: str, warnings: list[Proble
             warnings.append(warning(where, f"{what} {name!r} is listed {count} times"))
 
 
-def _check_shapes(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
+def _check_heads(spec: Spec, errors: list[Problem]) -> None:
     hyperparams = spec.hyperparams
-    if hyperparams.d_model % hyperparams.n_heads:
-        errors.append(Problem(pointer("hyperparams", "n_heads"), f"d_model {hyperparams.d_model} is not divisible by n_heads {hyperparams.n_heads}"))
-    elif spec.backbone.positional_encoding == "RoPE" and (hyperparams.d_model // hyperparams.n_heads) % 2:
-        errors.append(Problem(pointer("hyperparams", "n_heads"), f"head dimension d_model / n_heads = {hyperparams.d_model // hyperparams.n_heads} is odd; RoPE rotates pairs of dimensions"))
+    if hyperparams.head_dim is None and hyperparams.d_model % hyperparams.n_heads:
+        errors.append(Problem(pointer("hyperparams", "n_heads"), f"d_model {hyperparams.d_model} is not divisible by n_heads {hyperparams.n_heads}",
+                              "set hyperparams.head_dim to give the heads their own width"))
+    elif spec.backbone.positional_encoding == "RoPE" and hyperparams.attention_head_dim % 2:
+        where = "head_dim" if hyperparams.head_dim is not None else "n_heads"
+        what = "head_dim" if hyperparams.head_dim is not None else "head dimension d_model / n_heads"
+        errors.append(Problem(pointer("hyperparams", where), f"{what} = {hyperparams.attention_head_dim} is odd; RoPE rotates pairs of dimensions"))
     if hyperparams.n_kv_heads is not None and hyperparams.n_heads % hyperparams.n_kv_heads:
         errors.append(Problem(pointer("hyperparams", "n_kv_heads"), f"n_heads {hyperparams.n_heads} is not divisible by n_kv_heads {hyperparams.n_kv_heads}"))
+
+
+def _check_mlp(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
+    hyperparams = spec.hyperparams
+    if hyperparams.mlp_ratio is None:
+        if hyperparams.mlp_hidden is None:
+            errors.append(Problem(pointer("hyperparams", "mlp_ratio"), "neither mlp_ratio nor mlp_hidden is given: the MLP has no size",
+                                  "set hyperparams.mlp_ratio (e.g. 3.0) or hyperparams.mlp_hidden (e.g. 1536)"))
+        return
+    hidden = hyperparams.mlp_ratio * hyperparams.d_model
+    if hyperparams.mlp_hidden is not None:
+        if round(hidden) != hyperparams.mlp_hidden:
+            errors.append(Problem(pointer("hyperparams", "mlp_hidden"), f"is {hyperparams.mlp_hidden} but mlp_ratio x d_model = "
+                                  f"{hyperparams.mlp_ratio:g} x {hyperparams.d_model} = {hidden:g}",
+                                  "give one of the two, or make them agree"))
+    elif round(hidden) < 1:
+        errors.append(Problem(pointer("hyperparams", "mlp_ratio"), f"mlp_ratio x d_model = {hidden:g} leaves the MLP with no hidden units"))
+    elif abs(hidden - round(hidden)) > 1e-6:
+        warnings.append(warning(pointer("hyperparams", "mlp_ratio"), f"mlp_ratio x d_model = {hidden:g} is not a whole number; the MLP uses {round(hidden)}",
+                                "hyperparams.mlp_hidden sets the size exactly"))
+
+
+def _check_shapes(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
+    hyperparams = spec.hyperparams
+    _check_heads(spec, errors)
+    _check_mlp(spec, errors, warnings)
     factor = hyperparams.rope_scaling.factor if hyperparams.rope_scaling is not None and hyperparams.rope_scaling.type != "none" else 1.0
     if hyperparams.max_position_embeddings is None and hyperparams.seq_len * factor > MAX_POSITIONS:
         errors.append(Problem(pointer("hyperparams", "rope_scaling", "factor"),
@@ -68,11 +97,6 @@ def _check_shapes(spec: Spec, errors: list[Problem], warnings: list[Problem]) ->
                               "YaRN extrapolates dimensions above beta_fast rotations and interpolates below beta_slow"))
     if hyperparams.rope_scaling is not None and hyperparams.rope_scaling.type != "none" and spec.backbone.positional_encoding != "RoPE":
         errors.append(Problem(pointer("hyperparams", "rope_scaling"), f"RoPE scaling set but positional_encoding is {spec.backbone.positional_encoding!r}"))
-    hidden = hyperparams.mlp_ratio * hyperparams.d_model
-    if round(hidden) < 1:
-        errors.append(Problem(pointer("hyperparams", "mlp_ratio"), f"mlp_ratio x d_model = {hidden:g} leaves the MLP with no hidden units"))
-    elif abs(hidden - round(hidden)) > 1e-6:
-        warnings.append(warning(pointer("hyperparams", "mlp_ratio"), f"mlp_ratio x d_model = {hidden:g} is not a whole number; the MLP uses {round(hidden)}"))
 
 
 def _check_moe(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
@@ -80,9 +104,11 @@ def _check_moe(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> No
     if moe.top_k > moe.num_experts:
         errors.append(Problem(pointer("moe", "top_k"), f"top_k {moe.top_k} is larger than num_experts {moe.num_experts}"))
     if moe.top_k == 1 and moe.norm_topk_prob and "norm_topk_prob" in moe.model_fields_set:
-        errors.append(Problem(pointer("moe", "norm_topk_prob"), "is true with top_k 1: one renormalised weight is always 1, so "
-                              "the router would get no gradient and never learn", "set norm_topk_prob to false (the "
-                              "default for top_k 1), or top_k to 2 or more"))
+        learns = ("it learns from the aux loss alone" if moe.aux_loss is not False and ("moe-aux-loss" in spec.tricks or moe.aux_loss)
+                  else "with no aux loss it never learns")
+        warnings.append(warning(pointer("moe", "norm_topk_prob"), "is true with top_k 1: the one renormalised weight is always 1, "
+                                f"so the language-model loss gives the router no gradient: {learns} (MiniMind-3's MoE routes so)",
+                                "set norm_topk_prob to false (the default for top_k 1) to let the loss train the router"))
     if "moe-aux-loss" in spec.tricks and moe.aux_loss is False:
         errors.append(Problem(pointer("moe", "aux_loss"), "is false but tricks lists 'moe-aux-loss'", "drop one of the two"))
     if "MoE" not in spec.backbone.variants and "moe" in spec.model_fields_set:
@@ -91,7 +117,7 @@ def _check_moe(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> No
 
 def _check_lora(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:
     lora = spec.techniques.lora
-    narrowest = min(spec.hyperparams.d_model, round(spec.hyperparams.mlp_ratio * spec.hyperparams.d_model))
+    narrowest = min(spec.hyperparams.d_model, spec.hyperparams.mlp_width or spec.hyperparams.d_model)
     if lora.enabled and lora.rank >= narrowest:
         warnings.append(warning(pointer("techniques", "lora", "rank"),
                                 f"rank {lora.rank} is not below the narrowest projection width {narrowest}: the adapters are no longer low-rank"))

@@ -267,14 +267,49 @@ def test_rope_scaling_type_errors_read_like_the_others(write_spec, scaling, expe
     assert [(p.path, p.message.split(" (")[0], p.hint) for p in found] == [expected]
 
 
-def test_top1_routing_with_renormalised_weights_is_refused_and_derived_off_by_default(write_spec):
+def test_top1_routing_with_renormalised_weights_is_accepted_with_its_consequence_and_derived_off_by_default(write_spec):
     from minimind_spec import resolve
 
-    found = problems_of(write_spec, moe={"num_experts": 4, "top_k": 1, "norm_topk_prob": True})
-    assert [(p.path, "no gradient" in p.message) for p in found] == [("/moe/norm_topk_prob", True)]
+    spec = load_spec(write_spec(moe={"num_experts": 4, "top_k": 1, "norm_topk_prob": True, "aux_loss": True}))
+    (found,) = [w for w in spec.origin.warnings if w.path == "/moe/norm_topk_prob"]
+    assert "no gradient" in found.message and "aux loss alone" in found.message  # MiniMind-3's MoE loads, warned
+    assert resolve(spec, "MoE").model.moe.norm_topk_prob is True
+    without_aux = load_spec(write_spec(moe={"num_experts": 4, "top_k": 1, "norm_topk_prob": True, "aux_loss": False}))
+    assert any("never learns" in w.message for w in without_aux.origin.warnings if w.path == "/moe/norm_topk_prob")
     resolved = resolve(load_spec(write_spec(moe={"num_experts": 4, "top_k": 1})), "MoE")
     assert resolved.model.moe.norm_topk_prob is False
     assert resolved.provenance["model.moe.norm_topk_prob"].startswith("derived: top_k 1")
+
+
+def test_head_dim_qk_norm_and_an_explicit_mlp_size_resolve_with_their_provenance(write_spec):
+    from minimind_spec import resolve
+
+    hyper = {**TINY["hyperparams"], "n_heads": 8, "head_dim": 12, "qk_norm": True, "mlp_hidden": 176}
+    hyper.pop("mlp_ratio")
+    resolved = resolve(load_spec(write_spec({**TINY, "hyperparams": hyper})))
+    m = resolved.model
+    assert (m.head_dim, m.qk_norm, m.mlp_hidden) == (12, True, 176)
+    assert resolved.provenance["model.head_dim"] == "spec:/hyperparams/head_dim"
+    assert resolved.provenance["model.mlp_hidden"] == "spec:/hyperparams/mlp_hidden"
+    plain = resolve(load_spec(write_spec()))
+    assert (plain.model.head_dim, plain.model.qk_norm) == (16, False)  # d_model 64 / 4 heads
+    assert plain.provenance["model.head_dim"] == "derived: d_model / n_heads"
+
+
+def test_mlp_size_must_be_given_once_or_agree_and_head_dim_frees_the_divisibility(write_spec):
+    both = {**TINY["hyperparams"], "mlp_ratio": 3.0, "mlp_hidden": 100}
+    (found,) = [p for p in problems_of(write_spec, hyperparams=both) if p.path == "/hyperparams/mlp_hidden"]
+    assert "100" in found.message and "192" in found.message
+    neither = {k: v for k, v in TINY["hyperparams"].items() if k != "mlp_ratio"}
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec({**TINY, "hyperparams": neither}))
+    assert "/hyperparams/mlp_ratio" in paths(info.value.problems)
+    agreeing = {**TINY["hyperparams"], "mlp_ratio": 3.0, "mlp_hidden": 192}
+    load_spec(write_spec(hyperparams=agreeing))
+    odd_heads = {**TINY["hyperparams"], "n_heads": 6}  # 64 % 6 != 0 ...
+    assert "/hyperparams/n_heads" in paths(problems_of(write_spec, hyperparams=odd_heads))
+    load_spec(write_spec(hyperparams={**odd_heads, "n_kv_heads": 3, "head_dim": 10}))  # ... unless head_dim is given
+    assert "/hyperparams/head_dim" in paths(problems_of(write_spec, hyperparams={**odd_heads, "head_dim": 9}))  # odd for RoPE
 
 
 def test_missing_and_mistyped_required_fields_do_not_hide_the_cross_field_rules(write_spec):

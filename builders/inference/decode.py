@@ -226,6 +226,8 @@ class DecodeStep:
             H, Hkv, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
             qkv = weights.qkv(_norm(parts.input_norm, x))  # (B, (H + 2 Hkv) d)
             qk = qkv[:, :(H + Hkv) * d].view(B, H + Hkv, d)
+            if attn.q_norm is not None and attn.k_norm is not None:  # QK-norm, per head, before RoPE
+                qk = torch.cat([attn.q_norm(qk[:, :H]), attn.k_norm(qk[:, H:])], dim=1)  # (B, H + Hkv, d)
             if cos is not None and sin is not None:
                 qk = torch.addcmul(qk * cos, rotate_half(qk), sin)  # (B, H + Hkv, d), q and k rotated together
             v = qkv[:, (H + Hkv) * d:].view(B, Hkv, d)

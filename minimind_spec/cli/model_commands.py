@@ -1,13 +1,45 @@
-"""`generate`: text from a trained run (or any model directory)."""
+"""Commands on trained models: `generate`, `export`, `import` (a MiniMind checkpoint in) and `lora merge`.
+
+A MiniMind `.pth` (or a directory MiniMind's `convert_model.py` wrote) holds no spec: `generate`
+and `export` take one with `--spec`, and import it for that one command; `import` writes it
+once as our model directory.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
+from ..errors import Problem, SpecError
+from ..model_files import ModelFiles, find_model, is_foreign_checkpoint
 from .app import app, console, guarded
+from .options import Variant
+
+ForSpec = Annotated[Path | None, typer.Option("--spec", help="The spec a MiniMind .pth (or convert_model.py directory) was "
+                                              "trained with; its weights must fit it exactly.", show_default=False)]
+
+
+@contextlib.contextmanager
+def model_source(path: Path, spec: Path | None, variant: str | None, tokenizer: Path | None = None) -> Iterator[ModelFiles]:
+    """The model files at `path`: ours as they are, a MiniMind checkpoint imported for `spec` for the command's duration."""
+    if not is_foreign_checkpoint(path):
+        if spec is not None:
+            raise SpecError(Problem("", f"--spec is for MiniMind checkpoints; {path} carries its own config"))
+        yield find_model(path)
+        return
+    if spec is None:
+        find_model(path)  # says what the file is and what to give
+    assert spec is not None
+    from ..engine.minimind_import import imported_model
+    from ..loader import load_spec
+    from ..resolve import resolve
+
+    with imported_model(path, resolve(load_spec(spec), variant), tokenizer) as files:
+        yield files
 
 
 @app.command("generate")
@@ -24,16 +56,21 @@ def generate_command(
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the sampling.")] = 0,
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer directory, if the run has none beside "
                                                    "the model.", show_default=False)] = None,
+    spec: ForSpec = None,
+    variant: Variant = None,
 ) -> None:
     """Generate text from a trained model, with its own tokenizer.
 
     Examples: `minimind-spec generate runs/tiny "what is 2 plus 3"`,
-    `minimind-spec generate runs/tiny/pretrain "the cat" --no-chat --temperature 0.8`.
+    `minimind-spec generate runs/tiny/pretrain "the cat" --no-chat --temperature 0.8`,
+    `minimind-spec generate out/full_sft_768.pth "hello" --spec spec/minimind3.json --tokenizer minimind/model`.
     """
     from ..engine.chat import generate_text
 
-    console.print(generate_text(run, prompt, chat=chat, tokenizer_dir=tokenizer, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, seed=seed))
+    with model_source(run, spec, variant, tokenizer) as files:
+        console.print(generate_text(files.config.parent if spec is not None else run, prompt, chat=chat,
+                                    tokenizer_dir=tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
+                                    top_p=top_p, seed=seed))
 
 
 @app.command("export")
@@ -48,6 +85,10 @@ def export_command(
     layout: Annotated[Literal["hf", "minimind"], typer.Option("--format", help="hf: the Hugging Face architecture that "
                                                                "computes the model exactly (Llama, Qwen2-MoE); minimind: "
                                                                "this package's own layout, for any spec.")] = "hf",
+    spec: ForSpec = None,
+    variant: Variant = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="With --spec: the tokenizer directory to ship "
+                                                   "alongside (MiniMind's model/).", show_default=False)] = None,
 ) -> None:
     """Write a trained model as a model directory that loads anywhere.
 
@@ -61,14 +102,14 @@ def export_command(
     (the default) folds them in, `base` drops them, `adapter` writes them alone in PEFT's layout.
 
     Examples: `minimind-spec export runs/tiny --out models/tiny`,
-    `minimind-spec export runs/tiny/sft/checkpoints/step-00000040 --out models/tiny-step40`.
+    `minimind-spec export runs/tiny/sft/checkpoints/step-00000040 --out models/tiny-step40`,
+    `minimind-spec export full_sft_768.pth --spec spec/minimind3.json --tokenizer minimind/model --out hf/` (Qwen3).
     """
     from ..engine.export import export_model
-    from ..model_files import find_model
 
-    found = find_model(source)
-    written = export_model(found.config, found.weights, out, lora, extra_files=found.tokenizer_files, layout=layout)
-    console.print(f"exported {found.weights}")
+    with model_source(source, spec, variant, tokenizer) as found:
+        written = export_model(found.config, found.weights, out, lora, extra_files=found.tokenizer_files, layout=layout)
+    console.print(f"exported {found.weights if spec is None else source}")
     for path in written:
         console.print(f"wrote {path}")
 
@@ -99,7 +140,6 @@ def lora_merge(
     from ..engine.export import load_model, read_model_config
     from ..engine.writer import save_model_dir
     from ..engine.lora_io import merge_model, with_adapter
-    from ..model_files import find_model
 
     found = find_model(source)
     resolved = read_model_config(found.config)
@@ -111,4 +151,40 @@ def lora_merge(
         model, resolved = with_adapter(model, resolved, adapter)
     merged, dense = merge_model(model, resolved)
     for path in save_model_dir(merged, dense, out, extra_files=found.tokenizer_files):
+        console.print(f"wrote {path}")
+
+
+@app.command("import")
+@guarded
+def import_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A MiniMind checkpoint: a .pth state dict its trainers saved "
+                                               "(MiniMind2 or MiniMind-3, dense or MoE, fp16/bf16/fp32, a _resume.pth "
+                                               "too), or a directory its convert_model.py wrote.", show_default=False)],
+    spec: Annotated[Path, typer.Option("--spec", help="The spec of the model the checkpoint holds (e.g. spec/minimind3.json); "
+                                       "its weights must fit it exactly.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write (config.json, model.safetensors, "
+                                      "the tokenizer).", show_default=False)],
+    variant: Variant = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer directory to ship alongside (MiniMind's "
+                                                   "model/ holds tokenizer.json and tokenizer_config.json).",
+                                                   show_default=False)] = None,
+) -> None:
+    """Import a MiniMind checkpoint as a minimind-spec model directory.
+
+    The weights are read with `torch.load(weights_only=True)` (tensors only: a checkpoint cannot
+    run code), converted to float32 and loaded into the spec's model through the exact fit check:
+    every missing, unexpected or mis-shaped tensor is listed, with the spec values that explain
+    it (`hyperparams.qk_norm: spec false, checkpoint has q_norm weights`). The directory then
+    works everywhere a trained model does: `generate`, `export` (Qwen3 / Llama / GGUF), `train --init`.
+
+    Examples: `minimind-spec import out/full_sft_768.pth --spec spec/minimind3.json --tokenizer minimind/model --out models/m3`,
+    `... out/full_sft_768_moe.pth --spec spec/minimind3.json --variant MoE --out models/m3-moe`.
+    """
+    from ..engine.minimind_import import import_checkpoint
+    from ..loader import load_spec
+    from ..resolve import resolve
+
+    written = import_checkpoint(checkpoint, resolve(load_spec(spec), variant), out, tokenizer)
+    console.print(f"imported {checkpoint} (it fits {spec})")
+    for path in written:
         console.print(f"wrote {path}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from pathlib import Path
 from typing import Annotated, Literal
@@ -135,21 +137,26 @@ def build(
 
     result = run_build(path, variant, strict=strict)
     trained = None
-    if weights is not None:
-        from ..engine.export import check_weights_fit
-        from ..model_files import find_model
+    with contextlib.ExitStack() as scope:
+        if weights is not None:
+            from ..engine.export import check_weights_fit
+            from ..engine.minimind_import import imported_model
+            from ..model_files import find_model, is_foreign_checkpoint
 
-        trained = find_model(weights)
-        check_weights_fit(result.resolved, trained.config)
-    written = write_build_outputs(result, out, device, seed, trained) if out is not None else []
+            if is_foreign_checkpoint(weights):  # a MiniMind .pth: imported through the exact fit check
+                trained = scope.enter_context(imported_model(weights, result.resolved))
+            else:
+                trained = find_model(weights)
+                check_weights_fit(result.resolved, trained.config)
+        written = write_build_outputs(result, out, device, seed, trained) if out is not None else []
     if as_json:
         report = build_report_json(result)
         report["written"] = [str(p) for p in written]
-        report["weights"] = str(trained.weights) if trained is not None else None
+        report["weights"] = str(weights) if trained is not None else None
         print_json(report)
         return
     print_build_report(result, str(path))
     if trained is not None:
-        console.print(f"weights: {trained.weights} (they fit this spec)")
+        console.print(f"weights: {weights} (they fit this spec)")
     for p in written:
         console.print(f"wrote {p}")

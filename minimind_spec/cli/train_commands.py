@@ -7,6 +7,8 @@ kind's data option (`--pretrain-data`, `--sft-data`, ...) comes from the stage r
 
 from __future__ import annotations
 
+import contextlib
+
 import inspect
 import os
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from ..config import TrainingOverrides
 from ..errors import Problem, SpecError
 from ..graph import build_graph
 from ..loader import load_spec
+from ..model_files import is_foreign_checkpoint
 from ..plan import DeviceFacts, PlanInputs, TrainingPlan, build_plan, with_throughput
 from ..resolve import resolve
 from ..stages import STAGE_ORDER, STAGES, StageKind
@@ -58,7 +61,8 @@ def train_command(
     stage: Annotated[list[str] | None, _opt("--stage", help=f"Only this stage (repeatable): {', '.join(STAGE_ORDER)}; "
                                             "lora = sft with LoRA adapters (--stage sft --lora).")] = None,
     init: Annotated[Path | None, _opt("--init", help="Start from this trained base (a run, stage, checkpoint or model "
-                                           "directory): pretraining is skipped.")] = None,
+                                           "directory, or a MiniMind .pth / convert_model.py directory, checked to fit "
+                                           "the spec exactly): pretraining is skipped.")] = None,
     teacher: Annotated[Path | None, _opt("--teacher", help="The distillation teacher's trained model (a run, stage, "
                                          "checkpoint or model directory), with the student's tokenizer.")] = None,
     tokenizer: Annotated[Path | None, _opt("--tokenizer", help="Tokenizer directory (tokenizer.json); its size must equal "
@@ -173,8 +177,13 @@ def train_command(
         training_plan = _probe(graph, training_plan, resolved.model.vocab_size, facts.kind)
     if not plan:
         picked = device if device != "auto" else facts.kind  # keeps a device index: cuda:1
-        _run(resolved, graph, training_plan, tokenizer, out, init, seed, picked, resume, force, skip_bad_lines, eval_every,
-             save_every, deterministic, no_progress, fsdp, compile_model)
+        with contextlib.ExitStack() as scope:
+            if init is not None and is_foreign_checkpoint(init):  # a MiniMind .pth: imported (exact fit) for this run
+                from ..engine.minimind_import import imported_model
+
+                init = scope.enter_context(imported_model(init, resolved)).config.parent
+            _run(resolved, graph, training_plan, tokenizer, out, init, seed, picked, resume, force, skip_bad_lines, eval_every,
+                 save_every, deterministic, no_progress, fsdp, compile_model)
         return
     if as_json:
         print_json(training_plan.to_json())

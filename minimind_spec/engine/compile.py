@@ -94,12 +94,15 @@ def _build_leaf(op: OpNode, wiring: _Wiring) -> nn.Module:
 def _build_container(op: OpNode, wiring: _Wiring) -> nn.Module:
     build, attrs = builder_for(op.op), op.attrs
     match attrs:
-        case AttentionAttrs():
-            qkv = wiring.projections(wiring.inputs(op))
+        case AttentionAttrs():  # fed by q/k/v projections, or by the QK-norms that follow q and k
+            inputs = wiring.inputs(op)
+            head_norms = {o.attrs.place: o for o in inputs if isinstance(o.attrs, NormAttrs)}
+            qkv = wiring.projections(inputs + [p for n in head_norms.values() for p in wiring.inputs(n)])
             o_proj = wiring.built[wiring.consumer(op, OpType.LINEAR).id]
+            q_norm, k_norm = (wiring.built[head_norms[p].id] if p in head_norms else None for p in ("query", "key"))
             return build(q_proj=qkv["q_proj"], k_proj=qkv["k_proj"], v_proj=qkv["v_proj"], o_proj=o_proj,
                          n_heads=attrs.n_heads, n_kv_heads=attrs.n_kv_heads, head_dim=attrs.head_dim,
-                         dropout=attrs.dropout, backend=attrs.backend)
+                         dropout=attrs.dropout, backend=attrs.backend, q_norm=q_norm, k_norm=k_norm)
         case GLUAttrs():
             gate_up = wiring.projections(wiring.inputs(op))
             down_proj = wiring.built[wiring.consumer(op, OpType.LINEAR).id]

@@ -24,6 +24,7 @@ from ..model_files import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, find_model
 from .data.tokenizer import load_tokenizer
 from .hf_layout import from_hf, hf_mismatches, in_hf_layout
 from .model_io import with_tied_head
+from .weights_fit import fit_report
 from .writer import FORMAT_VERSION, save_model_dir
 
 REMOVED_IN_VERSION_2 = ("label_smoothing", "static_kv_cache")
@@ -78,6 +79,20 @@ def check_weights_fit(resolved: ResolvedSpec, config_path: Path) -> None:
         shown = "\n  ".join(changes[:12]) + (f"\n  ... and {len(changes) - 12} more" if len(changes) > 12 else "")
         raise InputError(f"the weights beside {config_path} are for another model; {len(changes)} values differ "
                          f"(theirs -> this spec's):\n  {shown}")
+    weights = Path(config_path).parent / WEIGHTS_FILE
+    if weights.is_file():  # the tensors themselves, through the same exact check `--init` and `import` use
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as handle:  # shapes only: nothing is loaded
+            found = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        model = compile_model(resolved, device="meta")
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if model.tie_word_embeddings:
+            found.setdefault("lm_head.weight", expected["lm_head.weight"])
+        if not in_hf_layout({k: torch.empty(0) for k in found}):
+            report = fit_report(expected, found)
+            if not report.fits:
+                raise InputError(report.message(str(weights)))
 
 
 def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu", seed: int = 0,
@@ -103,6 +118,8 @@ def _model_config(data: dict[str, Any], version: int, source: Path) -> ModelConf
     if version < 2:
         for key in REMOVED_IN_VERSION_2:
             fields.pop(key, None)
+    if version < 3:
+        fields.setdefault("qk_norm", False)  # added in format 3; earlier models had none
     unknown = set(fields) - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:
         raise SpecError(Problem("", f"{source}: unknown model fields {sorted(unknown)} for format {version}"))
@@ -134,15 +151,20 @@ def load_weights_into(model: torch.nn.Module, weights: Path, fresh_adapters: boo
     if not weights.is_file():
         raise InputError(f"{weights} not found (was the model built with --device meta?)")
     device = next(model.parameters()).device
-    state = load_file(str(weights), device=str(device))
+    load_state_into(model, load_file(str(weights), device=str(device)), str(weights), fresh_adapters)
+
+
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, fresh_adapters: bool = False) -> None:
+    """Load a state dict read from `source` into `model` after the exact fit check (`weights_fit`):
+    anything missing, unexpected or mis-shaped is refused with every difference and the spec values behind it."""
     expected = set(model.state_dict())
-    if in_hf_layout(state):  # an export in Qwen2-MoE's layout: back to ours
+    if in_hf_layout(state):  # an export in Qwen2-MoE's layout, or transformers' fused experts: back to ours
         state = from_hf(state, expected)
     extra = [k for k in state if k not in expected and k.endswith((".lora.A", ".lora.B"))]
     if extra:  # adapters this model does not have: dropped only when they change nothing (B = 0)
         live = [k for k in extra if k.endswith(".lora.B") and bool(state[k].any())]
         if live:
-            raise InputError(f"{weights} holds trained LoRA adapters ({live[0]}, ...) that this model has no place for: "
+            raise InputError(f"{source} holds trained LoRA adapters ({live[0]}, ...) that this model has no place for: "
                              "`minimind-spec lora merge` folds them into the base first")
         state = {k: v for k, v in state.items() if k not in extra}
     own = model.state_dict()
@@ -150,18 +172,22 @@ def load_weights_into(model: torch.nn.Module, weights: Path, fresh_adapters: boo
     if reshaped:  # adapters of another rank: kept fresh when untrained (B = 0, they change nothing), refused when trained
         live = sorted(k for k in reshaped if bool(state[k + ".B"].any()))
         if live:
-            raise InputError(f"{weights} holds trained LoRA adapters of another rank ({live[0]}: "
+            raise InputError(f"{source} holds trained LoRA adapters of another rank ({live[0]}: "
                              f"{tuple(state[live[0] + '.B'].shape)} here {tuple(own[live[0] + '.B'].shape)}): "
                              "`minimind-spec lora merge` folds them into the base first")
         state = {k: v for k, v in state.items() if k[:-len(".A")] not in reshaped or not k.endswith((".lora.A", ".lora.B"))}
         fresh_adapters = True
-    try:
-        result = model.load_state_dict(with_tied_head(model, state), strict=False)
-    except RuntimeError as exc:  # shapes that do not fit
-        raise InputError(f"{weights} does not fit this model: {str(exc).splitlines()[-1].strip()}") from exc
-    missing = [k for k in result.missing_keys if not (fresh_adapters and k.endswith((".lora.A", ".lora.B")))]
-    if missing or result.unexpected_keys:
-        raise InputError(f"{weights} does not fit this model: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}")
+    state = with_tied_head(model, state)
+    if isinstance(model, MiniMindForCausalLM) and model.tie_word_embeddings and "lm_head.weight" in state \
+            and "model.embed_tokens.weight" in state and not torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"]):
+        raise InputError(f"{source} does not fit this spec's model\nthe spec and the checkpoint differ in:\n"
+                         "  hyperparams.tie_word_embeddings: spec true, checkpoint has an lm_head of its own")
+    report = fit_report({k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in state.items()})
+    if fresh_adapters:
+        report = dataclasses.replace(report, missing=tuple(k for k in report.missing if not k.endswith((".lora.A", ".lora.B"))))
+    if not report.fits:
+        raise InputError(report.message(source))
+    model.load_state_dict(state, strict=False)
     if isinstance(model, MiniMindForCausalLM):
         model.tie_weights()
 

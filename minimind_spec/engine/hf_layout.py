@@ -1,12 +1,15 @@
 """The Hugging Face architecture that computes a model exactly, and its weights in that layout.
 
 - Dense RoPE / RMSNorm / SiLU models are `LlamaForCausalLM`: our parameter names are Llama's,
-  so the weights need no change.
+  so the weights need no change. With QK-norm (MiniMind-3) they are `Qwen3ForCausalLM`, whose
+  `self_attn.q_norm` / `k_norm` are ours by name and by arithmetic (RMSNorm over head_dim, before RoPE).
 - MoE models of that family are `Qwen2MoeForCausalLM`, whose routing is ours exactly (softmax
   over the router logits, top-k, optional renormalisation). Its checkpoints name each routed
   expert as we do (`mlp.experts.{e}.gate_proj.weight`, ...); its one shared expert is
   sigmoid-gated, so our shared experts are concatenated into it with its gate at sigmoid(0) =
-  1/2 and the down projection doubled (zeros when there is none).
+  1/2 and the down projection doubled (zeros when there is none). With QK-norm they are
+  `Qwen3MoeForCausalLM` (the same routing and expert names, no shared expert: a QK-norm MoE
+  with shared experts has no HF class).
 - Anything else (LayerNorm, absolute positions, GELU/ReLU, ...) has no exact equivalent:
   `hf_architecture` says which setting is the mismatch, and no HF-named model is written.
 `to_hf` and `from_hf` convert state dicts both ways, so a model directory in the HF layout
@@ -23,6 +26,10 @@ from ..config import ModelConfig
 from ..errors import InputError
 
 QWEN2_MOE = "qwen2_moe"
+QWEN3 = "qwen3"
+QWEN3_MOE = "qwen3_moe"
+HF_CLASSES = {"llama": "LlamaForCausalLM", QWEN2_MOE: "Qwen2MoeForCausalLM", QWEN3: "Qwen3ForCausalLM",
+              QWEN3_MOE: "Qwen3MoeForCausalLM"}
 
 
 def hf_mismatches(c: ModelConfig) -> list[str]:
@@ -34,14 +41,31 @@ def hf_mismatches(c: ModelConfig) -> list[str]:
         found.append(f"positional_encoding {c.positional_encoding} (they use RoPE)")
     if c.activation != "SiLU":
         found.append(f"activation {c.activation} (they use SiLU)")
+    if c.qk_norm and c.moe is not None and c.moe.num_shared_experts:
+        found.append(f"qk_norm with {c.moe.num_shared_experts} shared experts (Qwen3-MoE has QK-norm but no shared expert; "
+                     "Qwen2-MoE has a shared expert but no QK-norm)")
     return found
 
 
 def hf_architecture(c: ModelConfig) -> str | None:
-    """'llama', 'qwen2_moe', or None when no HF class computes this model exactly."""
+    """'llama', 'qwen3', 'qwen2_moe', 'qwen3_moe', or None when no HF class computes this model exactly."""
     if hf_mismatches(c):
         return None
-    return "llama" if c.moe is None else QWEN2_MOE
+    if c.moe is None:
+        return QWEN3 if c.qk_norm else "llama"
+    return QWEN3_MOE if c.qk_norm else QWEN2_MOE
+
+
+def qwen3_keys(c: ModelConfig) -> dict[str, Any]:
+    """The Qwen3 (dense) or Qwen3-MoE config keys beyond the Llama ones."""
+    keys: dict[str, Any] = {"use_sliding_window": False, "sliding_window": None, "max_window_layers": c.n_layers,
+                            "layer_types": ["full_attention"] * c.n_layers}
+    if c.moe is None:
+        return {"architectures": [HF_CLASSES[QWEN3]], "model_type": QWEN3, **keys}
+    return {"architectures": [HF_CLASSES[QWEN3_MOE]], "model_type": QWEN3_MOE, **keys, "decoder_sparse_step": 1,
+            "mlp_only_layers": [], "moe_intermediate_size": c.moe.expert_hidden, "num_experts": c.moe.num_experts,
+            "num_experts_per_tok": c.moe.top_k, "norm_topk_prob": c.moe.norm_topk_prob, "output_router_logits": False,
+            "router_aux_loss_coef": 0.0}
 
 
 def qwen2_moe_keys(c: ModelConfig) -> dict[str, Any]:
@@ -58,7 +82,7 @@ def to_hf(state: dict[str, torch.Tensor], c: ModelConfig) -> dict[str, torch.Ten
     """Our state dict in the checkpoint layout of `hf_architecture(c)`. Routed experts already
     carry Qwen2-MoE's checkpoint names (`mlp.experts.{e}.gate_proj.weight`, ...); the shared
     experts become its one gated shared expert."""
-    if c.moe is None:
+    if c.moe is None or c.qk_norm:  # Llama, Qwen3 and Qwen3-MoE name every tensor as we do
         return dict(state)
     out = {k: v for k, v in state.items() if ".shared_experts." not in k}
     S, hidden = c.moe.num_shared_experts, c.moe.expert_hidden

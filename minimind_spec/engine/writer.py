@@ -23,10 +23,10 @@ import torch
 
 from ..config import ModelConfig, ResolvedSpec
 from ..model_files import CONFIG_FILE, WEIGHTS_FILE
-from .hf_layout import QWEN2_MOE, hf_architecture, qwen2_moe_keys, to_hf
+from .hf_layout import QWEN2_MOE, QWEN3, QWEN3_MOE, hf_architecture, qwen2_moe_keys, qwen3_keys, to_hf
 from .model_io import model_tensors, write_tensors
 
-FORMAT_VERSION = 2  # 2: ModelConfig without label_smoothing and static_kv_cache (version 1 files still load)
+FORMAT_VERSION = 3  # 2: ModelConfig without label_smoothing and static_kv_cache; 3: qk_norm (older files still load)
 INIT_STD = 0.02  # the initial weights' standard deviation (compile), recorded as initializer_range
 
 
@@ -50,7 +50,7 @@ def model_config_dict(resolved: ResolvedSpec, hf_layout: bool = False) -> dict[s
     exactly; with `hf_layout` (the weights written by `hf_layout.to_hf`), Qwen2-MoE's for MoE."""
     c = resolved.model
     architecture = hf_architecture(c)
-    llama_compatible = architecture == "llama"
+    llama_compatible = architecture in ("llama", QWEN3)  # Qwen3 is Llama's config plus its own keys
     theta, scaling = _hf_rope(c)
     config: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM" if llama_compatible else "MiniMindForCausalLM"],
@@ -80,6 +80,8 @@ def model_config_dict(resolved: ResolvedSpec, hf_layout: bool = False) -> dict[s
             "model": dataclasses.asdict(c),
         },
     }
+    if architecture == QWEN3 or (hf_layout and architecture == QWEN3_MOE):
+        config |= qwen3_keys(c)
     if hf_layout and architecture == QWEN2_MOE:
         config |= qwen2_moe_keys(c)
     return config

@@ -98,6 +98,15 @@ class _GraphBuilder:
             attrs=NormAttrs(dim=d, eps=self.config.norm_eps, place=place),
         ), src)
 
+    def head_norm(self, node_id: str, src: str, heads: int, layer: int, place: NormPlace) -> str:
+        """QK-norm: an RMSNorm over each head's head_dim features of a q or k projection (one weight shared by the heads)."""
+        hd, eps = self.config.head_dim, self.config.norm_eps
+        heads_shape = shape("B", "T", heads * hd)
+        return self.add(OpNode(
+            id=node_id, op=OpType.RMSNORM, in_shapes=(heads_shape,), out_shape=heads_shape, params=hd,
+            flops=4 * heads * hd, layer=layer, role=ParamRole.NORM, attrs=NormAttrs(dim=hd, eps=eps, place=place),
+        ), src)
+
     def residual(self, node_id: str, stream: str, branch: str, layer: int, point: MergePoint) -> str:
         self.add(OpNode(
             id=node_id, op=OpType.ADD, in_shapes=(self.hidden, self.hidden), out_shape=self.hidden,
@@ -151,6 +160,9 @@ class _GraphBuilder:
         q = self.linear(f"{prefix}.q_proj", src, d, config.n_heads * hd, layer, "q_proj", ParamRole.ATTENTION)
         k = self.linear(f"{prefix}.k_proj", src, d, config.n_kv_heads * hd, layer, "k_proj", ParamRole.ATTENTION)
         v = self.linear(f"{prefix}.v_proj", src, d, config.n_kv_heads * hd, layer, "v_proj", ParamRole.ATTENTION)
+        if config.qk_norm:
+            q = self.head_norm(f"{prefix}.q_norm", q, config.n_heads, layer, "query")
+            k = self.head_norm(f"{prefix}.k_norm", k, config.n_kv_heads, layer, "key")
         inputs = (q, k, v) + ((rope,) if rope else ())
         attn = self.add(OpNode(
             id=f"{prefix}.attention", op=OpType.ATTENTION,

@@ -19,7 +19,7 @@ from ..errors import Problem, pointer, warning
 from ..schema import Spec
 from .build import node, nodes
 from .costs import Costs, graph_costs
-from .ir import INPUT_ID, AddAttrs, LinearAttrs, LMHeadAttrs, MergePoint, MoECombineAttrs, OpNode, ParamRole
+from .ir import INPUT_ID, AddAttrs, LinearAttrs, LMHeadAttrs, MergePoint, MoECombineAttrs, NormAttrs, OpNode, ParamRole
 
 _SEQ = {"seq_len", "t", "seq", "sequence_length", "seqlen", "l"}
 _BATCH = {"b", "batch", "batch_size"}
@@ -68,8 +68,11 @@ def _embedding(graph: nx.DiGraph, config: ModelConfig) -> _Actual:
 
 def _attention(graph: nx.DiGraph, config: ModelConfig) -> _Actual:
     projs = [(n, n.attrs) for n in _layer_nodes(graph, 0, {ParamRole.ATTENTION}) if isinstance(n.attrs, LinearAttrs)]
-    total = sum(n.params for n, _ in projs)
+    qk_norms = [n for n in _layer_nodes(graph, 0, {ParamRole.NORM}) if isinstance(n.attrs, NormAttrs) and n.attrs.place in ("query", "key")]
+    total = sum(n.params for n, _ in projs) + sum(n.params for n in qk_norms)
     parts = ", ".join(f"{attrs.projection[0]} {attrs.in_features}x{attrs.out_features}" for _, attrs in projs)
+    if qk_norms:
+        parts += f", QK-norm 2x{config.head_dim}"
     heads = f"{config.n_heads} heads" + (f", {config.n_kv_heads} kv heads" if config.n_kv_heads != config.n_heads else "")
     return _Actual(total, f"(B, T, {config.d_model})", f"(B, T, {config.d_model})", f"{heads}: {parts} = {total:,} per layer")
 

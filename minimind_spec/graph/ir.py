@@ -80,7 +80,8 @@ class MergePoint:
 
 
 RopeScalingKind = Literal["none", "linear", "ntk", "yarn"]
-NormPlace = Literal["input", "post_attention", "final"]  # before attention, before the MLP, after the stack
+NormPlace = Literal["input", "post_attention", "final", "query", "key"]  # before attention, before the MLP, after the stack;
+# query/key: QK-norm, per head over head_dim, between the q/k projections and RoPE
 MLPKind = Literal["dense", "routed_expert", "shared_expert"]
 
 

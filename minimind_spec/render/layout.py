@@ -96,6 +96,8 @@ def describe(op: OpNode) -> str:
         case RopeAttrs() as rope:
             scaling = "" if rope.scaling == "none" else f", {rope.scaling} ×{_number(rope.factor)}"
             return f"RoPE θ={_number(rope.theta)}, head_dim {rope.head_dim}{scaling}"
+        case NormAttrs(eps=eps, place="query" | "key", dim=dim):
+            return f"QK-norm: RMSNorm per head over {dim}, eps={_number(eps)}"
         case NormAttrs(eps=eps):
             return f"{'RMSNorm' if op.op == OpType.RMSNORM else 'LayerNorm'} eps={_number(eps)}"
         case LinearAttrs(in_features=n_in, out_features=n_out):

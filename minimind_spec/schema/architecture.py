@@ -107,9 +107,18 @@ RopeScaling = Annotated[
 class Hyperparams(SpecModel):
     d_model: Annotated[int, Field(gt=0, le=65536)] = Field(description="Hidden size of the residual stream (at most 65536).")
     n_layers: Annotated[int, Field(gt=0, le=4096)] = Field(description="Number of decoder layers (at most 4096).")
-    n_heads: Annotated[int, Field(gt=0, le=4096)] = Field(description="Number of query heads; must divide d_model.")
+    n_heads: Annotated[int, Field(gt=0, le=4096)] = Field(description="Number of query heads; must divide d_model unless head_dim is given.")
     n_kv_heads: PositiveInt | None = Field(default=None, description="Key/value heads (GQA); must divide n_heads. Default: n_heads (multi-head attention).")
-    mlp_ratio: PositiveFloat = Field(description="MLP hidden size as a multiple of d_model (hidden = mlp_ratio x d_model).")
+    head_dim: Annotated[int, Field(gt=0, le=65536)] | None = Field(
+        default=None, description="Width of each attention head. Default d_model / n_heads; MiniMind-3 and Qwen3 may set it apart "
+        "(the q/k/v projections are then n_heads x head_dim wide).")
+    qk_norm: bool = Field(default=False, description="Normalise each head's queries and keys with an RMSNorm (weights of "
+                          "head_dim) after the projections and before RoPE, as MiniMind-3 and Qwen3 do.")
+    mlp_ratio: PositiveFloat | None = Field(default=None, description="MLP hidden size as a multiple of d_model (hidden = mlp_ratio x d_model). "
+                                            "Give it or mlp_hidden; when both are given they must agree.")
+    mlp_hidden: Annotated[int, Field(gt=0, le=1_048_576)] | None = Field(
+        default=None, description="MLP hidden size in units, e.g. 2432 (MiniMind-3: ceil(d_model x pi / 64) x 64). "
+        "Give it or mlp_ratio; when both are given they must agree.")
     dropout: Probability = Field(default=0.0, description="Dropout on attention weights and residual branches.")
     sd_prob: Probability = Field(default=0.0, description="Stochastic-depth probability of dropping a residual branch.")
     kernel: None = Field(default=None, description="Convolution kernel; applies to convolutional backbones only, must be null here.")
@@ -128,6 +137,18 @@ class Hyperparams(SpecModel):
         default="bfloat16", description="Compute dtype of training and of the KV cache; used for memory figures."
     )
 
+    @property
+    def attention_head_dim(self) -> int:
+        """The width of each head: head_dim when given, else d_model / n_heads (rounded down)."""
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def mlp_width(self) -> int | None:
+        """The MLP hidden size: mlp_hidden when given, else mlp_ratio x d_model rounded; None when neither is given."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return round(self.mlp_ratio * self.d_model) if self.mlp_ratio is not None else None
+
 
 class MoE(SpecModel):
     num_experts: Annotated[int, Field(gt=0, le=1024)] = Field(default=8, description="Routed experts per MoE layer (at most 1024). Default 8, as the card's notes and graph say.")
@@ -137,5 +158,7 @@ class MoE(SpecModel):
     )
     aux_loss_weight: Annotated[float, Field(ge=0.0)] = Field(default=0.01, description="Weight of the auxiliary loss (MiniMind's aux_loss_alpha).")
     num_shared_experts: Annotated[int, Field(ge=0, le=64)] = Field(default=0, description="Always-on experts added to every token's output (at most 64).")
-    norm_topk_prob: bool = Field(default=True, description="Renormalise the top-k routing weights to sum to one (default: true for top_k >= 2, false for top_k 1, whose single weight would always be 1).")
+    norm_topk_prob: bool = Field(default=True, description="Renormalise the top-k routing weights to sum to one (default: true for top_k >= 2, "
+                                 "false for top_k 1, whose single weight would always be 1; MiniMind-3 sets it with top_k 1, "
+                                 "accepted with a warning: its router then learns from the aux loss alone).")
     expert_hidden: PositiveInt | None = Field(default=None, description="Hidden size of each expert. Default: the dense MLP hidden size.")

@@ -1,7 +1,8 @@
 """Every variant with an exact Hugging Face equivalent exports to it and loads with
 `AutoModelForCausalLM.from_pretrained` (no remote code), logits equal to ours to 1e-5 in fp32:
 dense to Llama, MoE to Qwen2-MoE (its routing is ours: softmax, top-k, optional
-renormalisation, shared experts); the exported directory loads back in minimind-spec too. A
+renormalisation, shared experts), QK-norm models (MiniMind-3) to Qwen3 and Qwen3-MoE; the
+exported directory loads back in minimind-spec too. A
 variant with no exact equivalent is refused with the setting that differs."""
 
 from __future__ import annotations
@@ -28,13 +29,20 @@ CASES = {
     "moe-top2-shared": ({"moe": {"num_experts": 4, "top_k": 2, "norm_topk_prob": False, "num_shared_experts": 2,
                                  "expert_hidden": 48}}, "MoE"),
     "moe-top1": ({"moe": {"num_experts": 8, "top_k": 1, "expert_hidden": 32}}, "MoE"),
+    "qk-norm-dense": ({"hyperparams": {"qk_norm": True, "head_dim": 24, "n_kv_heads": 2, "mlp_ratio": None,
+                                       "mlp_hidden": 80}}, None),
+    "qk-norm-moe-top1": ({"hyperparams": {"qk_norm": True, "n_kv_heads": 2},
+                          "moe": {"num_experts": 4, "top_k": 1, "norm_topk_prob": True, "aux_loss": True}}, "MoE"),
 }
+HF_CLASS = {"dense": "LlamaForCausalLM", "dense-gqa-untied-yarn": "LlamaForCausalLM", "moe-top2-renorm": "Qwen2MoeForCausalLM",
+            "moe-top2-shared": "Qwen2MoeForCausalLM", "moe-top1": "Qwen2MoeForCausalLM", "qk-norm-dense": "Qwen3ForCausalLM",
+            "qk-norm-moe-top1": "Qwen3MoeForCausalLM"}
 
 
 def _spec(tmp_path, patch):
     spec = copy.deepcopy(TINY)
     for key, value in patch.items():
-        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+        spec[key] = {k: v for k, v in {**spec.get(key, {}), **value}.items() if v is not None} if isinstance(value, dict) else value
     spec["hyperparams"]["dtype"] = "float32"
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
@@ -48,8 +56,9 @@ def _build(tmp_path, patch, variant):
     return tmp_path / "ours"
 
 
-@pytest.mark.parametrize("patch, variant", CASES.values(), ids=CASES.keys())
-def test_export_loads_in_transformers_with_equal_logits(tmp_path, patch, variant):
+@pytest.mark.parametrize("case", CASES)
+def test_export_loads_in_transformers_with_equal_logits(tmp_path, case):
+    patch, variant = CASES[case]
     ours_dir = _build(tmp_path, patch, variant)
     exported = CliRunner().invoke(app, ["export", str(ours_dir), "--out", str(tmp_path / "hf")])
     assert exported.exit_code == 0, exported.output
@@ -65,8 +74,7 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path, patch, variant
     assert CliRunner().invoke(app, ["export", str(ours_dir2), "--out", str(tmp_path / "hf2")]).exit_code == 0
     hf, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf2", output_loading_info=True)
     assert not info["unexpected_keys"] and not [k for k in info["missing_keys"] if k != "lm_head.weight"], info
-    expected = "Qwen2MoeForCausalLM" if variant == "MoE" else "LlamaForCausalLM"
-    assert type(hf).__name__ == expected
+    assert type(hf).__name__ == HF_CLASS[case]
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = ours(ids).logits
