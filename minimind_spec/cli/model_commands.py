@@ -79,12 +79,16 @@ def export_command(
     source: Annotated[Path, typer.Argument(help="A trained model: a run directory (its newest finished stage), a stage "
                                            "directory, a checkpoint or a model directory.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write config.json, model.safetensors and the "
-                                      "run's tokenizer into.", show_default=False)],
+                                      "run's tokenizer into (gguf: a FILE.gguf, or a directory for NAME-QUANT.gguf).",
+                                      show_default=False)],
     lora: Annotated[str, typer.Option("--lora", help="For a model with LoRA adapters: merged (folded into the weights), "
                                       "base (adapters dropped) or adapter (the adapters alone, in PEFT's layout).")] = "merged",
-    layout: Annotated[Literal["hf", "minimind"], typer.Option("--format", help="hf: the Hugging Face architecture that "
-                                                               "computes the model exactly (Llama, Qwen2-MoE); minimind: "
-                                                               "this package's own layout, for any spec.")] = "hf",
+    layout: Annotated[Literal["hf", "minimind", "gguf"], typer.Option(
+        "--format", help="hf: the Hugging Face architecture that computes the model exactly (Llama, Qwen3, Qwen2-MoE, "
+        "Qwen3-MoE); minimind: this package's own layout, for any spec; gguf: one .gguf file for llama.cpp / Ollama "
+        "(architecture llama, or qwen3 / qwen3moe with QK-norm; tokenizer and chat template inside).")] = "hf",
+    quant: Annotated[Literal["f16", "q8_0"], typer.Option("--quant", help="GGUF only: the matrices' encoding, f16 or "
+                                                          "q8_0 (8-bit blocks of 32, about half the size); norms stay f32.")] = "f16",
     spec: ForSpec = None,
     variant: Variant = None,
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="With --spec: the tokenizer directory to ship "
@@ -103,12 +107,14 @@ def export_command(
 
     Examples: `minimind-spec export runs/tiny --out models/tiny`,
     `minimind-spec export runs/tiny/sft/checkpoints/step-00000040 --out models/tiny-step40`,
-    `minimind-spec export full_sft_768.pth --spec spec/minimind3.json --tokenizer minimind/model --out hf/` (Qwen3).
+    `minimind-spec export full_sft_768.pth --spec spec/minimind3.json --tokenizer minimind/model --out hf/` (Qwen3),
+    `minimind-spec export runs/tiny --format gguf --quant q8_0 --out tiny.gguf` (then `llama-cli -m tiny.gguf`).
     """
     from ..engine.export import export_model
 
     with model_source(source, spec, variant, tokenizer) as found:
-        written = export_model(found.config, found.weights, out, lora, extra_files=found.tokenizer_files, layout=layout)
+        written = export_model(found.config, found.weights, out, lora, extra_files=found.tokenizer_files, layout=layout,
+                               quant=quant)
     console.print(f"exported {found.weights if spec is None else source}")
     for path in written:
         console.print(f"wrote {path}")

@@ -83,6 +83,8 @@ def print_plan(training_plan: TrainingPlan, source: str) -> None:
     for i, plan in enumerate(training_plan.stages, 1):
         tree.add(stage_tree(i, plan))
     console.print(tree, soft_wrap=False)  # wrap long lines inside the tree instead of cropping them
+    for warning in training_plan.warnings:
+        console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
     table = Table(title="Estimates")
     for column in ("stage", "tokens", "train FLOPs", "peak memory", "tok/s", "wall"):
         table.add_column(column, justify="left" if column == "stage" else "right")
@@ -104,6 +106,8 @@ def print_warnings(training_plan: TrainingPlan) -> None:
     """Before a run: each attention fallback once, then each stage's warnings, one line each."""
     for note in dict.fromkeys(p.attention_note for p in training_plan.stages if p.attention_note):
         err_console.print(f"note: {escape(note or '')}; attention uses PyTorch SDPA")
+    for warning in training_plan.warnings:
+        err_console.print(f"[yellow]warning[/yellow] {escape(warning)}")
     for plan in training_plan.stages:
         for warning in plan.warnings:
             err_console.print(f"[yellow]warning[/yellow] {plan.kind}: {escape(warning)}")

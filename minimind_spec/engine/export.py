@@ -217,11 +217,12 @@ GENERATION_CONFIG = "generation_config.json"
 
 
 def export_model(config_path: Path, weights: Path, out_dir: Path, lora: str = "merged",
-                 extra_files: tuple[Path, ...] = (), layout: str = "hf") -> list[Path]:
+                 extra_files: tuple[Path, ...] = (), layout: str = "hf", quant: str = "f16") -> list[Path]:
     """Write a trained model as a model directory that loads without this package: as
     `LlamaForCausalLM` (dense) or `Qwen2MoeForCausalLM` (MoE), the architectures that compute it
     exactly (anything else is refused, naming the mismatch; see `hf_layout`), or with `layout`
-    "minimind" in this package's own layout, which any spec has. A model with LoRA
+    "minimind" in this package's own layout, which any spec has, or with `layout` "gguf" as one
+    `.gguf` file (`quant` f16 or q8_0; `gguf_export`). A model with LoRA
     adapters is written `merged` (adapters folded into the weights), as its `base` (adapters
     dropped) or as the `adapter` alone in PEFT's layout; LoRA tensors never go into a base model."""
     from .lora_io import merge_model, without_adapters, write_adapter
@@ -234,6 +235,10 @@ def export_model(config_path: Path, weights: Path, out_dir: Path, lora: str = "m
         return write_adapter(model.state_dict(), resolved, Path(out_dir))
     if resolved.model.lora is None and lora == "adapter":
         raise InputError(f"{weights}: this model has no LoRA adapters to export")
+    if layout == "gguf":
+        from .gguf_export import gguf_architecture
+
+        gguf_architecture(resolved.model)  # refuses before any work, naming the setting
     mismatches = hf_mismatches(resolved.model)
     if layout == "hf" and mismatches:
         raise InputError("no Hugging Face architecture computes this model exactly: " + "; ".join(mismatches)
@@ -241,6 +246,15 @@ def export_model(config_path: Path, weights: Path, out_dir: Path, lora: str = "m
     if resolved.model.lora is not None:
         model, resolved = merge_model(model, resolved) if lora == "merged" else without_adapters(model, resolved)
     tokenizer_dir = next((f.parent for f in extra_files if f.name == TOKENIZER_FILE), None)
+    if layout == "gguf":
+        from .gguf_export import GGUF_QUANTS, write_gguf
+
+        target = Path(out_dir)
+        if target.suffix != ".gguf":
+            target = target / f"{resolved.name}-{quant}.gguf"
+        if quant not in GGUF_QUANTS:
+            raise InputError(f"--quant {quant!r}: one of {', '.join(GGUF_QUANTS)}")
+        return [write_gguf(model, resolved.model, resolved.name, target, "q8_0" if quant == "q8_0" else "f16", tokenizer_dir)]
     with tempfile.TemporaryDirectory() as scratch:
         if tokenizer_dir is not None:  # the ids generate() stops and pads with, for transformers' generate too
             tokenizer = load_tokenizer(tokenizer_dir)

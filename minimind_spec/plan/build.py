@@ -253,18 +253,27 @@ def build_plan(resolved: ResolvedSpec, inputs: PlanInputs | None = None, graph: 
         raise SpecError(Problem("", "this model was rebuilt from an exported config.json; it has no training section",
                                 "plan from the spec file"))
     inputs = inputs or PlanInputs()
-    if inputs.tokenizer_vocab is not None and inputs.tokenizer_vocab != resolved.model.vocab_size:
+    run_warnings = []
+    if inputs.tokenizer_vocab is not None and inputs.tokenizer_vocab > resolved.model.vocab_size:
         raise SpecError(Problem("/hyperparams/vocab", f"the spec's vocab is {resolved.model.vocab_size:,} but the tokenizer has "
-                                                      f"{inputs.tokenizer_vocab:,} ids",
-                                "set hyperparams.vocab to the tokenizer's size, or train a tokenizer with --vocab-size "
-                                f"{resolved.model.vocab_size}"))
+                                                      f"{inputs.tokenizer_vocab:,} ids: the model has no row for the rest",
+                                "set hyperparams.vocab to the tokenizer's size (or more), or train a tokenizer with "
+                                f"--vocab-size {resolved.model.vocab_size}"))
+    if inputs.tokenizer_vocab is not None and inputs.tokenizer_vocab < resolved.model.vocab_size:
+        run_warnings.append(padded_vocab_warning(resolved.model.vocab_size, inputs.tokenizer_vocab))
     context = _Context(resolved, graph if graph is not None else build_graph(resolved), inputs)
     costs: dict[frozenset[ParamRole], Costs] = {}
     plans: list[StagePlan] = []
     for kind in enabled_stages(resolved, inputs):
         plans.append(_stage(context, stage(kind), plans, costs))
     return TrainingPlan(resolved.name, resolved.variant, tuple(plans), inputs.tokens_per_s, inputs.device, inputs.processes,
-                        inputs.fsdp)
+                        inputs.fsdp, tuple(run_warnings))
+
+
+def padded_vocab_warning(vocab: int, tokenizer_vocab: int) -> str:
+    """The spec's vocabulary is larger than the tokenizer's: accepted, as Hugging Face models pad theirs."""
+    return (f"the spec's vocab {vocab:,} is larger than the tokenizer's {tokenizer_vocab:,} ids: the embedding keeps "
+            f"{vocab - tokenizer_vocab:,} rows no token uses (padding, as Hugging Face models often pad to a multiple of 64)")
 
 
 def with_throughput(plan: TrainingPlan, rates: dict[StageKind, float], source: str) -> TrainingPlan:

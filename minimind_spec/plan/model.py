@@ -184,6 +184,7 @@ class TrainingPlan:
     device: DeviceFacts = DeviceFacts()
     processes: int = 1
     fsdp: bool = False
+    warnings: tuple[str, ...] = ()  # about the whole run (a vocabulary padded beyond the tokenizer, ...)
 
     def stage(self, kind: StageKind | str) -> StagePlan:
         return next(s for s in self.stages if s.kind == kind)

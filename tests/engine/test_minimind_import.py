@@ -190,4 +190,21 @@ def test_init_with_a_misfitting_pth_names_the_difference_not_a_size_mismatch(wor
     done = CliRunner().invoke(app, args(workspace, tmp_path / "run", "--init", str(tmp_path / "m3.pth"), "--max-steps", "1"))
     assert done.exit_code == 2 and "Traceback" not in done.output and "size mismatch for" not in done.output
     assert "hyperparams.qk_norm: spec false, checkpoint has q_norm weights" in done.output
-    assert "hyperparams.n_kv_heads" not in done.output or "spec 4, checkpoint 2" in done.output
+    assert "hyperparams.n_kv_heads x head_dim: spec 64, checkpoint 48" in done.output  # 4 x 16 here, 2 x 24 there
+
+
+def test_a_vocabulary_padded_beyond_the_tokenizer_trains_with_a_warning_and_a_smaller_one_is_refused(workspace, tmp_path):
+    padded = write_spec(tmp_path / "padded.json", 384, {})  # the tokenizer has 320 ids: 64 rows stay unused
+    runner = CliRunner()
+    planned = runner.invoke(app, ["train", str(padded), "--sft-data", str(workspace / "sft.jsonl"), "--tokenizer",
+                                  str(workspace / "tok"), "--plan"])
+    assert planned.exit_code == 0 and "vocab 384 is larger than the tokenizer's 320 ids" in planned.output, planned.output
+    done = runner.invoke(app, ["train", str(padded), "--sft-data", str(workspace / "sft.jsonl"), "--tokenizer",
+                               str(workspace / "tok"), "--out", str(tmp_path / "run"), "--max-steps", "2", "--no-progress",
+                               "--stage", "sft"])
+    assert done.exit_code == 0 and "64 rows no token uses" in done.output, done.output
+    assert load_model_files(tmp_path / "run" / "sft" / "final").vocab_size == 384
+    small = write_spec(tmp_path / "small.json", 300, {})
+    refused = runner.invoke(app, ["train", str(small), "--sft-data", str(workspace / "sft.jsonl"), "--tokenizer",
+                                  str(workspace / "tok"), "--plan"])
+    assert refused.exit_code == 2 and "/hyperparams/vocab" in refused.output and "Traceback" not in refused.output

@@ -265,7 +265,7 @@ def run_plan(resolved: ResolvedSpec, graph: nx.DiGraph, plan: TrainingPlan, opti
         if stage.blocked is not None:
             raise InputError(f"stage {stage.kind} is blocked: {stage.blocked} ({stage.unblock})")
     tokenizer = load_tokenizer(options.tokenizer)
-    if tokenizer.vocab_size != resolved.model.vocab_size:
+    if tokenizer.vocab_size > resolved.model.vocab_size:  # smaller is padding: the plan warns
         raise InputError(f"the spec's vocab is {resolved.model.vocab_size:,} but the tokenizer has {tokenizer.vocab_size:,} ids")
     if options.deterministic:
         torch.use_deterministic_algorithms(True)
