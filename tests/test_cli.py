@@ -20,7 +20,8 @@ def run(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
-COMMANDS = {"validate", "explain", "schema", "build", "render", "diff", "train", "tokenizer", "generate", "export", "lora", "ablate"}
+COMMANDS = {"validate", "explain", "schema", "build", "render", "diff", "train", "tokenizer", "generate", "export", "import", "lora",
+            "ablate"}
 
 
 def test_the_registered_commands_are_the_documented_ones():

@@ -145,12 +145,14 @@ def test_train_errors_exit_2(args):
     assert "Traceback" not in result.output
 
 
-def test_the_tokenizer_must_match_the_spec_vocab(card):
-    assert build_plan(card, PlanInputs(tokenizer_vocab=6400)).stages
+def test_the_tokenizer_must_fit_the_spec_vocab_which_may_pad_it(card):
+    assert not build_plan(card, PlanInputs(tokenizer_vocab=6400)).warnings
+    padded = build_plan(card, PlanInputs(tokenizer_vocab=6000))  # 400 embedding rows no token uses: padding
+    assert padded.stages and any("6,400" in w and "6,000" in w and "400 rows" in w for w in padded.warnings)
     with pytest.raises(SpecError) as error:
-        build_plan(card, PlanInputs(tokenizer_vocab=6000))
+        build_plan(card, PlanInputs(tokenizer_vocab=7000))
     (problem,) = error.value.problems
-    assert problem.path == "/hyperparams/vocab" and "6,400" in problem.message and "6,000" in problem.message
+    assert problem.path == "/hyperparams/vocab" and "6,400" in problem.message and "7,000" in problem.message
 
 
 def test_command_line_values_outside_the_schemas_bounds_are_all_reported():

@@ -56,6 +56,9 @@ def generate_command(
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the sampling.")] = 0,
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer directory, if the run has none beside "
                                                    "the model.", show_default=False)] = None,
+    think: Annotated[bool, typer.Option("--think/--no-think", help="With --chat: open a <think> block for the answer "
+                                        "(the chat template's thinking switch); off, MiniMind's template closes an empty "
+                                        "one first.")] = False,
     spec: ForSpec = None,
     variant: Variant = None,
 ) -> None:
@@ -70,7 +73,7 @@ def generate_command(
     with model_source(run, spec, variant, tokenizer) as files:
         console.print(generate_text(files.config.parent if spec is not None else run, prompt, chat=chat,
                                     tokenizer_dir=tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    top_p=top_p, seed=seed))
+                                    top_p=top_p, seed=seed, thinking=think))
 
 
 @app.command("export")

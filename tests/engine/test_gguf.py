@@ -156,9 +156,10 @@ def test_a_model_no_gguf_architecture_computes_is_refused(tmp_path):
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
 
 
-def test_llama_cpp_generates_our_greedy_tokens(workspace, tmp_path):
+@pytest.mark.parametrize("hyper", [{}, {**QWEN3, "n_heads": 4, "n_kv_heads": 2, "head_dim": 24}], ids=["llama", "qwen3-head_dim-24"])
+def test_llama_cpp_generates_our_greedy_tokens(workspace, tmp_path, hyper):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds llama.cpp from source)")
-    source = model_dir(tmp_path, {}, tokenizer=workspace / "tok")
+    source = model_dir(tmp_path, hyper, tokenizer=workspace / "tok")
     path = export(source, tmp_path / "m.gguf")
     prompt = [1, 100, 150, 200, 250]
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False, logits_all=False)

@@ -17,8 +17,10 @@ are reasoning; the whole text is tokenized once (so the ids are exactly what the
 tokenizes to) and each token takes the flags of the part holding the character it starts at.
 Labels cover every assistant body (its think block, empty or not, its content, its tool calls)
 and its `<|im_end|>`, and nothing else: not the role header, not the newline after `<|im_end|>`,
-not system or user turns, the tools block or tool results. The reasoning flags mark a non-empty
-`<think>` block, tags included. Pretraining documents are `<|im_start|>` + text + `<|im_end|>` with
+not system or user turns, the tools block or tool results. The empty think block is trained as
+part of the body, as MiniMind trains it in the samples where it keeps it (its SFT loader drops
+the block from 80% of them at random; we keep the template's text as it is). The reasoning
+flags mark a non-empty `<think>` block, tags included. Pretraining documents are `<|im_start|>` + text + `<|im_end|>` with
 every token trained. Labels use IGNORE_INDEX (-100) where nothing is trained, aligned with the
 input ids (the loss shifts them).
 """

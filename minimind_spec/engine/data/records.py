@@ -65,7 +65,7 @@ class Tool:
 @dataclass(frozen=True)
 class Turn:
     role: Role
-    content: str  # an assistant's content after its inline <think> block, if it had one, is split off
+    content: str  # for an assistant, what follows its inline <think> block when it had one (split off into reasoning)
     reasoning: str | None = None  # an assistant's reasoning, rendered in a <think> block
     tool_calls: tuple[ToolCall, ...] = ()  # an assistant's tool calls, rendered after its content
 

@@ -2,8 +2,8 @@
 DDP rank) reuses.
 
 The cache of a file lives in `CACHE_DIR/<key>/`, where the key hashes the data file's bytes,
-the tokenizer's `tokenizer.json`, the record kind, the length cap and the cache format, so a
-changed file or tokenizer never reuses a stale cache. It holds:
+the tokenizer's `tokenizer.json` and chat format, the record kind, the length cap and the cache
+format, so a changed file or tokenizer never reuses a stale cache. It holds:
 - `tokens.bin`: every sample's ids, back to back (uint16 when the vocabulary fits, else uint32);
 - `trained.bin` / `reasoning.bin`: one byte per token, 1 where the token is trained (SFT: the
   assistant spans) / inside a `<think>` block;
@@ -11,11 +11,12 @@ changed file or tokenizer never reuses a stale cache. It holds:
 - `meta.json`: counts (samples, tokens, truncated samples, skipped lines with their numbers).
 A preference pair is two samples, chosen (2i) then rejected (2i + 1); a pair where either side
 keeps no response token within the length cap is a bad line (skipped with `skip_bad_lines`).
-The file is read as a stream in chunks and tokenized by worker processes, chunk results
-written in order, so peak memory does not grow with the file. The cache is built in a
-temporary directory and renamed into place: a failed build removes it, and a build killed
-outright leaves one that the next build removes (its process is gone), so nothing half-built
-is ever read or kept.
+The file is read as a stream of raw lines in chunks and decoded, parsed and tokenized by worker
+processes (`records.parse_line`: a UTF-8 byte-order mark at the start is dropped, a line that is
+not UTF-8 is a bad line), chunk results written in order, so peak memory does not grow with
+the file. The cache is built in a temporary directory and renamed into place: a failed build
+removes it, and a build killed outright leaves one that the next build removes (its process is
+gone), so nothing half-built is ever read or kept.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from .chatml import IGNORE_INDEX, encode_conversation, encode_document
-from .records import Conversation, DataError, Document, PreferencePair, RecordKind, parse_record
+from .records import Conversation, DataError, Document, PreferencePair, RecordKind, parse_line
 from .tokenizer import ChatTokenizer, load_tokenizer
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: tool calls, inline reasoning and the tokenizer's chat format
 CHUNK_LINES = 2048
 
 
@@ -65,6 +66,7 @@ def cache_key(data: Path, tokenizer: ChatTokenizer, kind: RecordKind, max_length
     _file_digest(data, digest)
     digest.update(b"|tokenizer|")
     _file_digest(tokenizer.path, digest)
+    digest.update(f"|{tokenizer.chat_format}".encode())
     return digest.hexdigest()[:32]
 
 
@@ -87,7 +89,7 @@ def _init_worker(tokenizer_path: str) -> None:
     _WORKER_TOKENIZER = load_tokenizer(tokenizer_path)
 
 
-def _encode_chunk(job: tuple[RecordKind, int, list[str], int | None, bool], tokenizer: ChatTokenizer | None = None) -> _Chunk:
+def _encode_chunk(job: tuple[RecordKind, int, list[bytes], int | None, bool], tokenizer: ChatTokenizer | None = None) -> _Chunk:
     kind, first_line, lines, max_length, skip_bad = job
     tokenizer = tokenizer or _WORKER_TOKENIZER
     assert tokenizer is not None
@@ -98,15 +100,15 @@ def _encode_chunk(job: tuple[RecordKind, int, list[str], int | None, bool], toke
     truncated = 0
     skipped: list[tuple[int, str]] = []
     for line_no, line in enumerate(lines, first_line):
-        if not line.strip():
-            continue
         try:
-            record = parse_record(json.loads(line), kind)
-        except (json.JSONDecodeError, ValueError) as exc:
-            why = f"not JSON: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+            record = parse_line(line, line_no, kind)
+        except ValueError as exc:
+            why = str(exc)
             if not skip_bad:
                 return _Chunk(np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.uint8), [], 0, [], (line_no, why))
             skipped.append((line_no, why))
+            continue
+        if record is None:  # a blank line
             continue
         if isinstance(record, PreferencePair):  # two samples, chosen then rejected
             sides = [encode_document(tokenizer, side, max_length) if isinstance(side, str)
@@ -133,7 +135,7 @@ def _encode_chunk(job: tuple[RecordKind, int, list[str], int | None, bool], toke
 
 
 def _jobs(path: Path, kind: RecordKind, max_length: int | None, skip_bad: bool) -> Iterator[tuple]:
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:  # raw lines: the workers decode them, so a line that is not UTF-8 is a bad line
         line = 1
         while lines := list(islice(handle, CHUNK_LINES)):
             yield (kind, line, lines, max_length, skip_bad)

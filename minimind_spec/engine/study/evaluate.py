@@ -76,7 +76,8 @@ class HeldOut:
         problems = []
         for line in (data / "eval.jsonl").read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
-            prompt = render(Conversation((Turn("user", row["prompt"]),)), add_generation_prompt=True)
+            prompt = render(Conversation((Turn("user", row["prompt"]),)), add_generation_prompt=True,
+                            chat_format=tokenizer.chat_format)
             problems.append((tokenizer.encode(prompt), int(row["answer"])))
         empty = [name for name, rows in (("eval.jsonl", problems), ("eval_pairs.jsonl", pairs)) if not rows]
         empty += [f"heldout_text.jsonl (domain {d!r})" for d in TEXT_DOMAINS if not documents.get(d)]
