@@ -208,3 +208,24 @@ def test_a_vocabulary_padded_beyond_the_tokenizer_trains_with_a_warning_and_a_sm
     refused = runner.invoke(app, ["train", str(small), "--sft-data", str(workspace / "sft.jsonl"), "--tokenizer",
                                   str(workspace / "tok"), "--plan"])
     assert refused.exit_code == 2 and "/hyperparams/vocab" in refused.output and "Traceback" not in refused.output
+
+
+@pytest.mark.parametrize("moe", [None, MOE], ids=["qwen3", "qwen3-moe"])
+def test_a_convert_model_directory_imports(workspace, tmp_path, moe):
+    """What MiniMind's convert_model.py writes: transformers' save_pretrained of Qwen3 / Qwen3-MoE, in bf16 here."""
+    hf = hf_model(320, M3, moe)
+    with torch.no_grad():  # the reference holds the bf16-rounded weights in fp32 (its RoPE table stays fp32)
+        for param in hf.parameters():
+            param.copy_(param.to(torch.bfloat16).float())
+    copy.deepcopy(hf).to(torch.bfloat16).save_pretrained(tmp_path / "minimind-3")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "minimind-3" / name).write_bytes((workspace / "tok" / name).read_bytes())
+    spec = write_spec(tmp_path / "spec.json", 320, M3, moe)
+    command = ["import", str(tmp_path / "minimind-3"), "--spec", str(spec), "--out", str(tmp_path / "m")]
+    done = CliRunner().invoke(app, command + (["--variant", "MoE"] if moe else []))
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "m" / "tokenizer.json").is_file()  # the tokenizer beside the weights came along
+    ids = torch.randint(0, 320, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(load_model_files(tmp_path / "m").eval()(ids).logits, hf(ids).logits,
+                                   atol=1e-5, rtol=1e-5)
