@@ -9,6 +9,8 @@ from . import train_commands  # noqa: F401  (train)
 from . import data_commands  # noqa: F401  (tokenizer train)
 from . import model_commands  # noqa: F401  (generate, export, lora merge)
 from . import study_commands  # noqa: F401  (ablate)
+from . import eval_commands  # noqa: F401  (eval)
+from . import serve_commands  # noqa: F401  (serve, chat)
 
 
 def main() -> None:

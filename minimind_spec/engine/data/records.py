@@ -180,6 +180,31 @@ def _conversation(value: Any, where: str) -> Conversation:
     return Conversation(tuple(turns), tools)
 
 
+def _message_text(content: Any, where: str) -> Any:
+    """An OpenAI message's content: a string as is, a list of parts as the text of its text parts."""
+    if isinstance(content, list):
+        if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+                   for part in content):
+            raise ValueError(f"{where}: only text parts ({{\"type\": \"text\", \"text\": ...}}) can be read")
+        return "".join(part["text"] for part in content)
+    return content
+
+
+def parse_messages(messages: Any, tools: Any = None) -> Conversation:
+    """OpenAI-style chat messages (system/user/assistant/tool; content a string or text parts; assistant
+    `tool_calls`) and the request's `tools`, as the typed conversation the chat template renders.
+    ValueError says what is wrong, naming the message."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list")
+    turns = [{**m, "content": _message_text(m.get("content"), f"messages[{i}].content")} if isinstance(m, dict) else m
+             for i, m in enumerate(messages)]
+    conversation = _conversation(turns, "messages")
+    offered = _tools(tools, "tools")
+    if offered and conversation.tools:
+        raise ValueError("tools are given both in the request and on a system message")
+    return Conversation(conversation.turns, offered or conversation.tools)
+
+
 def parse_record(data: Any, kind: RecordKind) -> Record:
     """One JSON value as a typed record of `kind`; ValueError says what is wrong."""
     if not isinstance(data, dict):
