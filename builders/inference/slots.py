@@ -83,6 +83,7 @@ class SlotBatch:
         allowed = key_index[None, :] <= positions[:, None]  # (n, S') each row its own prefix
         mask = torch.where(allowed, torch.zeros((), dtype=self.dtype, device=device),
                            torch.finfo(self.dtype).min)[:, None, None, :]  # (n, 1, 1, S')
+        flat_index: torch.Tensor | None = None
         with sdpa_kernel(DECODE_SDPA_BACKENDS):
             for index, (layer, weights) in enumerate(zip(stack.layers, packed.layers)):
                 parts = layer_parts(layer)
@@ -96,8 +97,11 @@ class SlotBatch:
                     qk = torch.addcmul(qk * cos, rotate_half(qk), sin)  # (n, H + Hkv, d)
                 v = qkv[:, (H + Hkv) * d:].view(n, Hkv, d)
                 key_buf, value_buf = cache.keys[index], cache.values[index]  # (S, Hkv, L, d)
-                key_buf[rows, :, positions] = qk[:, H:]
-                value_buf[rows, :, positions] = v
+                if flat_index is None:  # where (row, head, position) lies in the flattened buffer: (n * Hkv,)
+                    heads = torch.arange(Hkv, device=device)
+                    flat_index = ((rows[:, None] * Hkv + heads[None, :]) * self.max_length + positions[:, None]).reshape(-1)
+                key_buf.view(-1, d).index_copy_(0, flat_index, qk[:, H:].reshape(n * Hkv, d))
+                value_buf.view(-1, d).index_copy_(0, flat_index, v.reshape(n * Hkv, d))
                 if contiguous:  # views, no copy
                     keys = key_buf.narrow(0, slots[0], n).narrow(2, 0, span)  # (n, Hkv, S', d)
                     values = value_buf.narrow(0, slots[0], n).narrow(2, 0, span)

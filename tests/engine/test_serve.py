@@ -309,3 +309,59 @@ def test_tool_calls_and_reasoning_come_out_in_openai_s_fields(scripted):
                                                  extra_body={"chat_template_kwargs": {"enable_thinking": True}}))
     reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks if c.choices)
     assert reasoning == "two and two" and "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "4."
+
+
+def test_the_terminal_chat_renders_and_answers_as_the_server_does(trained, served, client):
+    import subprocess
+    import sys
+
+    script = "\n".join(["/system be brief", "what is 1 \\", "plus 2", "/reset", '"""', "what is 3", "plus 4", '"""', "/exit", ""])
+    done = subprocess.run([sys.executable, "-m", "minimind_spec", "chat", str(trained), "--temperature", "0",
+                           "--max-new-tokens", "20", "--history", "2"], input=script, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    # the same messages through the server: the system message and the joined continued line, then after /reset
+    # (which keeps the system message) the block of two lines
+    first = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what is 1 \nplus 2"}]
+    second = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what is 3\nplus 4"}]
+    for messages in (first, second):
+        reply = client.chat.completions.create(model=NAME, messages=messages, temperature=0, max_tokens=20)
+        assert reply.choices[0].message.content in out
+        assert f"{reply.usage.completion_tokens} tokens, " in out
+    assert "(conversation forgotten)" in out and "(system: be brief)" in out and "tokens/s" in out
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome"))
+                 if path), None)
+
+
+def test_the_chat_page_streams_an_answer_in_a_real_browser(served, server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; the README says how)")
+    import os
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 900, "height": 640})
+        page.goto(server.url + "/")
+        assert page.title().startswith(NAME)
+        page.fill("#prompt", QUESTIONS[2])
+        page.press("#prompt", "Enter")
+        page.wait_for_selector(".turn.assistant[data-state=done]", timeout=30_000)
+        shown = page.inner_text(".turn.assistant .answer")
+        stats = page.inner_text(".turn.assistant .stats")
+        page.screenshot(path=str(tmp_path / "page.png"))
+        if os.environ.get("MINIMIND_SPEC_SCREENSHOT"):  # how the README's picture is made
+            page.screenshot(path=os.environ["MINIMIND_SPEC_SCREENSHOT"])
+        browser.close()
+    ids = chat_prompt(served.tokenizer, user(QUESTIONS[2]))
+    room = served.model.max_position_embeddings - len(ids) - 1  # the server cut the page's 256 at its context
+    assert shown.strip() == served.tokenizer.decode(solo(served, ids, room)).strip()
+    assert "tokens/s" in stats and (tmp_path / "page.png").stat().st_size > 10_000
