@@ -180,7 +180,7 @@ def solo_texts(ours_dir: Path, max_tokens: int) -> dict[str, str]:
     import torch
 
     from minimind_spec.model_files import find_model
-    from minimind_spec.serve.model import chat_prompt, load_served
+    from minimind_spec.engine.serve.model import chat_prompt, load_served
 
     served = load_served(find_model(ours_dir), "bench")
     out = {}

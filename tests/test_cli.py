@@ -21,7 +21,7 @@ def run(*args: str):
 
 
 COMMANDS = {"validate", "explain", "schema", "build", "render", "diff", "train", "tokenizer", "generate", "export", "import", "lora",
-            "ablate"}
+            "ablate", "eval", "serve", "chat"}
 
 
 def test_the_registered_commands_are_the_documented_ones():

@@ -5,16 +5,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
 from .app import app, console, err_console, guarded
 from .model_commands import ForSpec, model_source
 from .options import Variant
-
-if TYPE_CHECKING:
-    from ..serve.model import ServedModel
 
 ModelPath = Annotated[Path, typer.Argument(help="A trained model: a run directory (its newest finished stage), a stage "
                                            "directory, a checkpoint, a model directory, or a MiniMind .pth with --spec.",
@@ -29,9 +26,10 @@ MaxLen = Annotated[int, typer.Option("--max-len", min=2, help="Context per reque
 
 @contextlib.contextmanager
 def _served(model: Path, spec: Path | None, variant: str | None, tokenizer: Path | None, device: str, dtype: str,
-            name: str | None) -> Iterator[ServedModel]:
+            name: str | None) -> Iterator[Any]:
+    """The model to serve or chat with (an `engine.serve.model.ServedModel`), its source imported if need be."""
     from ..engine.export import read_model_config
-    from ..serve.model import load_served
+    from ..engine.serve.model import load_served
 
     with model_source(model, spec, variant, tokenizer) as files:
         yield load_served(files, name or read_model_config(files.config).name, tokenizer, device, dtype)
@@ -71,8 +69,8 @@ def serve_command(
     """
     import uvicorn
 
-    from ..serve.api import create_app
-    from ..serve.scheduler import Scheduler
+    from ..engine.serve.api import create_app
+    from ..engine.serve.scheduler import Scheduler
 
     with _served(model, spec, variant, tokenizer, device, dtype, name) as served:
         scheduler = Scheduler(served.model, served.decode, served.stop_ids, max_batch, max_len, max_queue).start()
@@ -110,8 +108,8 @@ def chat_command(
 
     Examples: `minimind-spec chat runs/tiny`, `minimind-spec chat runs/tiny --think --history 8`.
     """
-    from ..serve.chat import chat_loop
-    from ..serve.scheduler import Scheduler
+    from ..engine.serve.chat import chat_loop
+    from ..engine.serve.scheduler import Scheduler
 
     with _served(model, spec, variant, tokenizer, device, dtype, None) as served:
         scheduler = Scheduler(served.model, served.decode, served.stop_ids, 1, max_len, 4).start()

@@ -40,7 +40,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,7 +59,6 @@ from .data.tokenizer import THINK_CLOSE, ChatTokenizer, load_tokenizer
 from .export import _require_device, load_model
 
 EvalKind = Literal["text", "choice", "conversation"]
-KINDS: tuple[EvalKind, ...] = ("text", "choice", "conversation")
 SHAPES = '{"text": ...}, {"question": ..., "choices": [...], "answer": N} or {"conversations": [...]}'
 EXTRA_NEW_TOKENS = 32  # generation room beyond the reference's length
 
@@ -92,16 +91,48 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class TextScore:
+    line: int
+    loglikelihood: float  # of the text's tokens, summed
+    tokens: int
+    bytes: int
+    words: int
+
+
+@dataclass(frozen=True)
+class ChoiceScore:
+    line: int
+    loglikelihoods: tuple[float, ...]  # one per choice, summed over its continuation tokens
+    answer: int
+    pred: int  # argmax of the sums
+    pred_norm: int  # argmax of the sums per character of the choice
+
+
+@dataclass(frozen=True)
+class Answer:
+    line: int
+    output: str  # what the model wrote, up to EOS
+    answer: str  # its text after the last </think>, stripped
+    reference: str
+    match: bool
+
+
+RecordResult = TextScore | ChoiceScore | Answer
+Outcome = tuple[list[Metric], dict[str, int | float], list[RecordResult]]  # metrics, the totals they divide, per record
+
+
+@dataclass(frozen=True)
 class EvalReport:
     kind: EvalKind
     data: Path
     metrics: tuple[Metric, ...]
-    totals: dict[str, int | float]  # what the metrics divide: NLL, tokens, bytes, words (text)
-    records: tuple[dict[str, Any], ...]  # one per record, with its line: the scores, or the generated answer
+    totals: dict[str, int | float]  # what the metrics divide: NLL, tokens, bytes, words; right answers
+    records: tuple[RecordResult, ...]
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "data": str(self.data), "n": len(self.records),
-                "metrics": {m.name: m.value for m in self.metrics}, "totals": self.totals, "records": list(self.records)}
+                "metrics": {m.name: m.value for m in self.metrics}, "totals": self.totals,
+                "records": [asdict(record) for record in self.records]}
 
 
 # --- reading -----------------------------------------------------------------------------------------
@@ -248,7 +279,7 @@ def score_rows(model: MiniMindForCausalLM, rows: Sequence[Row], *, pad_id: int, 
 
 
 def evaluate_texts(model: MiniMindForCausalLM, tokenizer: ChatTokenizer, records: list[tuple[int, Document]],
-                   settings: EvalSettings, window: int, stride: int) -> tuple[list[Metric], dict[str, int | float], list[dict[str, Any]]]:
+                   settings: EvalSettings, window: int, stride: int) -> Outcome:
     encoded = [tokenizer.encode(doc.text) for _, doc in records]
     rows = [text_rows(ids, tokenizer.bos_id, window, stride) for ids in encoded]
     flat = [row for doc_rows in rows for row in doc_rows]
@@ -258,18 +289,17 @@ def evaluate_texts(model: MiniMindForCausalLM, tokenizer: ChatTokenizer, records
                             advance=lambda n: progress.advance(task, n))
     details, at = [], 0
     for (line, doc), ids, doc_rows in zip(records, encoded, rows):
-        loglik = sum(scores[at:at + len(doc_rows)])
+        details.append(TextScore(line, sum(scores[at:at + len(doc_rows)]), len(ids), len(doc.text.encode("utf-8")),
+                                 len(re.split(r"\s+", doc.text))))  # words as lm-eval counts them
         at += len(doc_rows)
-        details.append({"line": line, "loglikelihood": loglik, "tokens": len(ids), "bytes": len(doc.text.encode("utf-8")),
-                        "words": len(re.split(r"\s+", doc.text))})
-    nll = -sum(d["loglikelihood"] for d in details)
-    tokens, size, words = (sum(d[key] for d in details) for key in ("tokens", "bytes", "words"))
+    nll = -sum(d.loglikelihood for d in details)
+    tokens, size, words = sum(d.tokens for d in details), sum(d.bytes for d in details), sum(d.words for d in details)
     if tokens == 0:
         raise InputError("the texts hold no tokens to score")
     n = len(details)
     metrics = [Metric("perplexity", math.exp(nll / tokens), n), Metric("bits_per_byte", nll / (math.log(2) * size), n),
                Metric("byte_perplexity", math.exp(nll / size), n), Metric("word_perplexity", math.exp(nll / words), n)]
-    return metrics, {"nll": nll, "tokens": tokens, "bytes": size, "words": words}, details
+    return metrics, {"nll": nll, "tokens": tokens, "bytes": size, "words": words}, list(details)
 
 
 def _argmax(values: Sequence[float]) -> int:
@@ -277,7 +307,7 @@ def _argmax(values: Sequence[float]) -> int:
 
 
 def evaluate_choices(model: MiniMindForCausalLM, tokenizer: ChatTokenizer, records: list[tuple[int, MultipleChoice]],
-                     settings: EvalSettings, window: int, path: Path) -> tuple[list[Metric], dict[str, int | float], list[dict[str, Any]]]:
+                     settings: EvalSettings, window: int, path: Path) -> Outcome:
     rows = []
     for line, record in records:
         for i, choice in enumerate(record.choices):
@@ -292,16 +322,15 @@ def evaluate_choices(model: MiniMindForCausalLM, tokenizer: ChatTokenizer, recor
                             advance=lambda n: progress.advance(task, n))
     details, at = [], 0
     for line, record in records:
-        logliks = scores[at:at + len(record.choices)]
+        logliks = tuple(scores[at:at + len(record.choices)])
         at += len(record.choices)
-        pred = _argmax(logliks)
-        pred_norm = _argmax([ll / len(choice) for ll, choice in zip(logliks, record.choices)])
-        details.append({"line": line, "loglikelihoods": logliks, "answer": record.answer, "pred": pred,
-                        "pred_norm": pred_norm})
+        details.append(ChoiceScore(line, logliks, record.answer, _argmax(logliks),
+                                   _argmax([ll / len(choice) for ll, choice in zip(logliks, record.choices)])))
     n = len(details)
-    acc = sum(d["pred"] == d["answer"] for d in details)
-    acc_norm = sum(d["pred_norm"] == d["answer"] for d in details)
-    return [Metric("acc", acc / n, n), Metric("acc_norm", acc_norm / n, n)], {"correct": acc, "correct_norm": acc_norm}, details
+    acc = sum(d.pred == d.answer for d in details)
+    acc_norm = sum(d.pred_norm == d.answer for d in details)
+    metrics = [Metric("acc", acc / n, n), Metric("acc_norm", acc_norm / n, n)]
+    return metrics, {"correct": acc, "correct_norm": acc_norm}, list(details)
 
 
 def answer_text(output: str) -> str:
@@ -331,7 +360,7 @@ def greedy(model: MiniMindForCausalLM, tokenizer: ChatTokenizer, prompts: Sequen
 
 
 def evaluate_conversations(model: MiniMindForCausalLM, tokenizer: ChatTokenizer, records: list[tuple[int, Conversation]],
-                           settings: EvalSettings, path: Path) -> tuple[list[Metric], dict[str, int | float], list[dict[str, Any]]]:
+                           settings: EvalSettings, path: Path) -> Outcome:
     prompts, limits, references = [], [], []
     for line, conversation in records:
         last = conversation.turns[-1]
@@ -356,13 +385,12 @@ def evaluate_conversations(model: MiniMindForCausalLM, tokenizer: ChatTokenizer,
                                             settings.device)):
                 outputs[i] = out
             progress.advance(task, len(batch))
-    details: list[dict[str, Any]] = []
+    details = []
     for (line, _), out, reference in zip(records, outputs, references):
         text = tokenizer.decode(out)
-        details.append({"line": line, "output": text, "answer": answer_text(text), "reference": reference.strip(),
-                        "match": answer_text(text) == reference.strip()})
-    matches = sum(d["match"] for d in details)
-    return [Metric("exact_match", matches / len(details), len(details))], {"matches": matches}, details
+        details.append(Answer(line, text, answer_text(text), reference.strip(), answer_text(text) == reference.strip()))
+    matches = sum(d.match for d in details)
+    return [Metric("exact_match", matches / len(details), len(details))], {"matches": matches}, list(details)
 
 
 def evaluate(source: Path | ModelFiles, data: Path, *, tokenizer_dir: Path | None = None, kind: EvalKind | None = None,

@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from minimind_spec.model_files import find_model
-from minimind_spec.serve.model import ServedModel, chat_prompt, load_served
-from minimind_spec.serve.scheduler import FinishEvent, Request, Scheduler, TokenEvent
+from minimind_spec.engine.serve.model import ServedModel, chat_prompt, load_served
+from minimind_spec.engine.serve.scheduler import FinishEvent, Request, Scheduler, TokenEvent
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
-from minimind_spec.serve.api import create_app  # noqa: E402  (fastapi is needed)
+from minimind_spec.engine.serve.api import create_app  # noqa: E402  (fastapi is needed)
 
 NAME = "tiny"
 QUESTIONS = [f"what is {a} plus {b}" for a, b in ((1, 2), (3, 4), (0, 0), (2, 2), (4, 1), (3, 3))]
@@ -365,3 +365,58 @@ def test_the_chat_page_streams_an_answer_in_a_real_browser(served, server, tmp_p
     room = served.model.max_position_embeddings - len(ids) - 1  # the server cut the page's 256 at its context
     assert shown.strip() == served.tokenizer.decode(solo(served, ids, room)).strip()
     assert "tokens/s" in stats and (tmp_path / "page.png").stat().st_size > 10_000
+
+
+LM_EVAL_TASK = """task: served_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "<|im_start|>{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+
+def test_lm_eval_scores_through_the_completions_endpoint(trained, server, tmp_path, monkeypatch):
+    """lm-eval's `local-completions` model (echo + logprobs on token ids) against the server, compared with
+    `minimind-spec eval` on the same model and records (its question follows a BOS, which lm-eval's context
+    gets from the task's text)."""
+    pytest.importorskip("lm_eval", reason="lm_eval is not installed (pip install 'minimind-spec[eval]')")
+    from typer.testing import CliRunner
+
+    from lm_eval import simple_evaluate
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+    from lm_eval.tasks import TaskManager
+
+    from minimind_spec.cli import app
+
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    records = [{"question": "what is 1 plus", "choices": ["2", "3", "one"], "answer": 0},
+               {"question": "the cat sat on a", "choices": ["mat", "dog ran to the big red ball"], "answer": 1},
+               {"question": "two plus three is", "choices": ["five", "six"], "answer": 0}]
+    data = tmp_path / "choices.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "served_choice.yaml").write_text(LM_EVAL_TASK.format(data=data))
+    files = find_model(trained)
+    lm = LocalCompletionsAPI(base_url=f"{server.url}/v1/completions", model=NAME, tokenizer=str(files.tokenizer_dir),
+                             tokenizer_backend="huggingface", tokenized_requests=True, max_length=60, num_concurrent=1)
+    evaluated = simple_evaluate(model=lm, tasks=["served_choice"], task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+                                bootstrap_iters=0, log_samples=True)
+    samples = sorted(evaluated["samples"]["served_choice"], key=lambda sample: sample["doc_id"])
+    done = CliRunner().invoke(app, ["eval", str(trained), "--data", str(data), "--json", "--no-progress"])
+    assert done.exit_code == 0, done.output
+    ours = json.loads(done.output)
+    for record, sample in zip(ours["records"], samples, strict=True):
+        assert record["loglikelihoods"] == pytest.approx([ll for ll, _ in sample["filtered_resps"]], rel=1e-4, abs=1e-4)
+    results = evaluated["results"]["served_choice"]
+    assert ours["metrics"]["acc"] == pytest.approx(results["acc,none"])
+    assert ours["metrics"]["acc_norm"] == pytest.approx(results["acc_norm,none"])

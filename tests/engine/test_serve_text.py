@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minimind_spec.engine.data.records import split_inline_reasoning
-from minimind_spec.serve.text import ReasoningSplit, TextStream, ToolCallSplit, parse_tool_calls
+from minimind_spec.engine.serve.text import ReasoningSplit, TextStream, ToolCallSplit, parse_tool_calls
 
 TEXTS = ["It is 8. Done.", "plus 4 plus 4 plus 4", "héllo wörld ✓ 你好", "<think>\nsteps\n</think>\n\nanswer",
          "a</think>b", "no reasoning here", "\n\nx"]

@@ -263,7 +263,7 @@ def create_app(served: ServedModel, scheduler: Scheduler, api_key: str | None = 
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        html = resources.files("minimind_spec.serve").joinpath("page.html").read_text(encoding="utf-8")
+        html = resources.files("minimind_spec.engine.serve").joinpath("page.html").read_text(encoding="utf-8")
         return HTMLResponse(html.replace("{{MODEL}}", served.name))
 
     @app.post("/v1/chat/completions", response_model=None)

@@ -17,12 +17,12 @@ import torch
 
 from builders.model import MiniMindForCausalLM
 
-from ..engine.data.chatml import render
-from ..engine.data.records import parse_messages
-from ..engine.data.tokenizer import ChatTokenizer, load_tokenizer
-from ..engine.export import load_model
-from ..errors import InputError
-from ..model_files import ModelFiles
+from ..data.chatml import render
+from ..data.records import parse_messages
+from ..data.tokenizer import ChatTokenizer, load_tokenizer
+from ..export import load_model
+from ...errors import InputError
+from ...model_files import ModelFiles
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -240,6 +240,10 @@ class Scheduler:
             return
         token = self._choose(request, logits)
         if token in self.stop_ids:
+            if request.sampling.prompt_logprobs:  # scoring (echo): the end token's log-probability is reported too, as
+                request.generated += 1  # OpenAI's API does; scorers such as lm-eval read one entry past the prompt
+                logprob, top = _logprobs(logits, token, request.sampling.logprobs)
+                request.emit(TokenEvent(token, "", logprob, top))
             self._finish(request, "stop", prompt_scores)
             return
         request.generated += 1
