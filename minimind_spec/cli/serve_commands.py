@@ -67,19 +67,28 @@ def serve_command(
     official client: `OpenAI(base_url="http://127.0.0.1:8998/v1", api_key="-")`;
     `minimind-spec serve runs/tiny --max-batch 16 --api-key s3cret --port 9000`.
     """
+    import threading
+
     import uvicorn
 
     from ..engine.serve.api import create_app
     from ..engine.serve.scheduler import Scheduler
 
     with _served(model, spec, variant, tokenizer, device, dtype, name) as served:
-        scheduler = Scheduler(served.model, served.decode, served.stop_ids, max_batch, max_len, max_queue).start()
+        scheduler = Scheduler(served.model, served.decode, served.stop_ids, max_batch, max_len, max_queue)
+        server = uvicorn.Server(uvicorn.Config(create_app(served, scheduler, api_key), host=host, port=port,
+                                               log_level="warning"))
+        http = threading.Thread(target=server.run, name="http", daemon=True)  # the model stays on the main thread
+        http.start()
         err_console.print(f"serving {served.name} at http://{host}:{port}/ (OpenAI API under /v1, {max_batch} rows of "
-                          f"{scheduler.max_length} positions)")
+                          f"{scheduler.max_length} positions); Ctrl-C stops")
         try:
-            uvicorn.run(create_app(served, scheduler, api_key), host=host, port=port, log_level="warning")
+            scheduler.run()
+        except KeyboardInterrupt:
+            err_console.print("stopped")
         finally:
-            scheduler.close()
+            server.should_exit = True
+            http.join(timeout=5)
 
 
 @app.command("chat")
@@ -112,9 +121,6 @@ def chat_command(
     from ..engine.serve.scheduler import Scheduler
 
     with _served(model, spec, variant, tokenizer, device, dtype, None) as served:
-        scheduler = Scheduler(served.model, served.decode, served.stop_ids, 1, max_len, 4).start()
-        try:
-            chat_loop(served, scheduler, console, input, history=history, thinking=think, max_tokens=max_new_tokens,
-                      temperature=temperature, top_p=top_p, system=system)
-        finally:
-            scheduler.close()
+        scheduler = Scheduler(served.model, served.decode, served.stop_ids, 1, max_len, 4)  # driven on this thread
+        chat_loop(served, scheduler, console, input, history=history, thinking=think, max_tokens=max_new_tokens,
+                  temperature=temperature, top_p=top_p, system=system)

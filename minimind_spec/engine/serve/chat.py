@@ -87,7 +87,13 @@ def answer(served: ServedModel, scheduler: Scheduler, messages: list[dict[str, A
     reasoning_open = False
     try:
         while True:
-            event = events.get()
+            try:
+                event = events.get_nowait()
+            except queue.Empty:
+                if scheduler.thread is None:  # no loop thread: drive it here (the model stays on this thread)
+                    scheduler.pump()
+                    continue
+                event = events.get()
             if isinstance(event, FailEvent):
                 console.print(f"\n[red]{event.message}[/red]")
                 return ""
