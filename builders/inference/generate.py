@@ -5,7 +5,11 @@ The prompt is run once (prefill) into a cache sized prompt + max_new_tokens; eac
 feeds one token per sequence and reads logits of that position only. `use_cache=False`
 re-runs the whole sequence every step (slow; it exists to check the cache). With the cache,
 the steps after the prefill go through `builders.inference.decode.DecodeStep` (packed, fused weights;
-see that module) unless `fast_decode=False`, which keeps the plain forward for every step.
+see that module) unless `fast_decode=False`, which keeps the plain forward for every step. On the
+fast path, `quant="int8"` decodes through per-row int8 copies of the linear weights
+(`builders.inference.quant`; the prefill still runs the model's own weights) and
+`compile_decode=True` runs the decode step through `torch.compile` (a one-time compilation per
+process and shape family, then a faster step).
 
 Decoding keeps SDPA off its cuDNN backend: the key length grows by one every step, and cuDNN
 builds a new plan for each new shape (measured on an H100: 13 tokens/s instead of hundreds).
@@ -18,6 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .decode import DecodeStep, supports_fast_decode
 from .protocol import CausalLM
+from .quant import Quant, check_quant
 
 DECODE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
@@ -79,13 +84,21 @@ def generate(
     max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
     repetition_penalty: float = 1.0, eos_token_id: int | None = None, pad_token_id: int = 0,
     use_cache: bool = True, fast_decode: bool = True, generator: torch.Generator | None = None,
+    quant: Quant = "none", compile_decode: bool = False,
 ) -> torch.Tensor:
     """Continue `input_ids` (B, T), left-padded where `attention_mask` (B, T) has zeros.
     Returns (B, T + n) with n <= max_new_tokens; finished rows are filled with `pad_token_id`.
     A sampling argument out of its range, or a token id outside the vocabulary, is a ValueError
-    naming the argument and its allowed range."""
+    naming the argument and its allowed range. `quant` ("none" or "int8") and `compile_decode`
+    choose how the fast decode step runs (module docstring); with `fast_decode=False` or
+    `use_cache=False`, or a model the fast path cannot run, `quant="int8"` is a ValueError
+    rather than silently decoding in full precision."""
     check_generation_arguments(input_ids, model.model.embed_tokens.num_embeddings, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    quant = check_quant(quant)
+    if quant != "none" and not (fast_decode and use_cache and supports_fast_decode(model)):
+        raise ValueError(f"quant={quant!r} needs the fast decode path (fast_decode=True, use_cache=True, "
+                         "a MiniMind-layout model)")
     B, T = input_ids.shape
     if T + max_new_tokens > model.max_position_embeddings:
         raise ValueError(f"{T} + {max_new_tokens} tokens exceed max_position_embeddings ({model.max_position_embeddings})")
@@ -113,7 +126,7 @@ def generate(
                 logits = out.logits[:, -1]  # (B, V)
                 if fast_decode and supports_fast_decode(model):
                     assert cache is not None
-                    stepper = DecodeStep(model, cache, mask)
+                    stepper = DecodeStep(model, cache, mask, quant=quant, compile=compile_decode)
             else:
                 out = model(fed[:, :length], attention_mask=None if mask is None else mask[:, :length], logits_to_keep=1)
                 logits = out.logits[:, -1]  # (B, V)

@@ -52,6 +52,9 @@ def serve_command(
                                              show_default=False)] = None,
     device: Device = "cpu",
     dtype: Dtype = "float32",
+    quant: Annotated[Literal["none", "int8"], typer.Option("--quant", help="int8: decode through per-row int8 copies "
+                                                           "of the linear weights (about a quarter of their bytes); "
+                                                           "the prompt's prefill keeps the model's own.")] = "none",
     tokenizer: Tokenizer = None,
     spec: ForSpec = None,
     variant: Variant = None,
@@ -75,7 +78,7 @@ def serve_command(
     from ..engine.serve.scheduler import Scheduler
 
     with _served(model, spec, variant, tokenizer, device, dtype, name) as served:
-        scheduler = Scheduler(served.model, served.decode, served.stop_ids, max_batch, max_len, max_queue)
+        scheduler = Scheduler(served.model, served.decode, served.stop_ids, max_batch, max_len, max_queue, quant)
         server = uvicorn.Server(uvicorn.Config(create_app(served, scheduler, api_key), host=host, port=port,
                                                log_level="warning"))
         http = threading.Thread(target=server.run, name="http", daemon=True)  # the model stays on the main thread

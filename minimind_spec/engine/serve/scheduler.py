@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from builders.inference.generate import filter_top_k_top_p
+from builders.inference.quant import check_quant
 from builders.inference.slots import SlotBatch
 from builders.model import MiniMindForCausalLM
 
@@ -107,14 +108,14 @@ class Scheduler:
     """Runs requests on `model` in up to `max_batch` rows of `max_length` positions."""
 
     def __init__(self, model: MiniMindForCausalLM, decode: Callable[[list[int]], str], stop_ids: set[int],
-                 max_batch: int = 8, max_length: int = 2048, max_queue: int = 64) -> None:
+                 max_batch: int = 8, max_length: int = 2048, max_queue: int = 64, quant: str = "none") -> None:
         self.model = model.eval()
         self.decode = decode
         self.stop_ids = stop_ids
         self.max_batch = max_batch
         self.max_length = min(max_length, model.max_position_embeddings)
         self.max_queue = max_queue
-        self.batch = SlotBatch(model, max_batch, self.max_length)
+        self.batch = SlotBatch(model, max_batch, self.max_length, check_quant(quant))
         self.waiting: deque[Request] = deque()
         self.active: dict[int, Request] = {}  # slot -> request
         self.lock = threading.Condition()
@@ -122,6 +123,7 @@ class Scheduler:
         self.stopping = False
         self.steps = 0
         self.rows_stepped = 0  # sum of batch sizes over decode steps (mean batch = rows_stepped / steps)
+        self.peak_rows = 0  # the largest batch a decode step ran
 
     # ----- the server's side -----
 
@@ -237,6 +239,7 @@ class Scheduler:
         logits = self.batch.step(slots, [self.active[s].last_token for s in slots])  # (n, V)
         self.steps += 1
         self.rows_stepped += len(slots)
+        self.peak_rows = max(self.peak_rows, len(slots))
         for row, slot in enumerate(slots):
             self._take(self.active[slot], logits[row])
 
