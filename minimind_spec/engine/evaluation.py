@@ -56,7 +56,7 @@ from ..model_files import ModelFiles, find_model
 from .data.chatml import IGNORE_INDEX, assistant_body, render
 from .data.records import Conversation, DataError, Document, decode_line, parse_record
 from .data.tokenizer import THINK_CLOSE, ChatTokenizer, load_tokenizer
-from .export import _require_device, load_model
+from .export import require_device, load_model
 
 EvalKind = Literal["text", "choice", "conversation"]
 SHAPES = '{"text": ...}, {"question": ..., "choices": [...], "answer": N} or {"conversations": [...]}'
@@ -403,7 +403,7 @@ def evaluate(source: Path | ModelFiles, data: Path, *, tokenizer_dir: Path | Non
     if where is None:
         raise InputError(f"{files.weights}: no tokenizer.json beside the model; pass --tokenizer DIR")
     tokenizer = load_tokenizer(where)
-    _require_device(settings.device)
+    require_device(settings.device)
     model = load_model(files.config, files.weights, device=settings.device).eval()
     if tokenizer.vocab_size > model.vocab_size:
         raise InputError(f"{tokenizer.path}: the tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary "

@@ -30,7 +30,7 @@ from .writer import FORMAT_VERSION, save_model_dir
 REMOVED_IN_VERSION_2 = ("label_smoothing", "static_kv_cache")
 
 
-def _require_device(device: str) -> None:
+def require_device(device: str) -> None:
     """Refuse a device this machine does not have, before any work is done."""
     kind = device.split(":")[0]
     available = {"cpu": True, "meta": True, "cuda": torch.cuda.is_available(),
@@ -102,7 +102,7 @@ def write_model_files(resolved: ResolvedSpec, out_dir: Path, device: str = "cpu"
     `check_weights_fit`). `extra_files` (a tokenizer) are copied alongside. Returns the paths
     written: on the meta device there are no weights to save, so the list holds config.json
     only (callers say so to the user)."""
-    _require_device(device)
+    require_device(device)
     _require_memory(resolved, device)
     model = compile_model(resolved, device=device, seed=seed)
     if weights is not None and torch.device(device).type != "meta":
