@@ -36,7 +36,6 @@ left-pad prompts of similar length. Bad input is a `DataError` naming file and l
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -54,7 +53,7 @@ from builders.model import MiniMindForCausalLM
 from ..errors import InputError
 from ..model_files import ModelFiles, find_model
 from .data.chatml import IGNORE_INDEX, assistant_body, render
-from .data.records import Conversation, DataError, Document, decode_line, parse_record
+from .data.records import Conversation, DataError, Document, json_line, parse_record
 from .data.tokenizer import THINK_CLOSE, ChatTokenizer, load_tokenizer
 from .export import require_device, load_model
 
@@ -188,15 +187,9 @@ def read_eval_records(path: Path, kind: EvalKind | None = None) -> tuple[EvalKin
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, 1):
             try:
-                text = decode_line(raw, line_no)
-                if not text.strip():
+                data = json_line(raw, line_no)
+                if data is None:
                     continue
-                try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"not JSON: {exc.msg}") from None
-                except RecursionError:
-                    raise ValueError("not JSON: nested too deeply to read") from None
                 if kind is None:
                     kind = record_kind(data)
                 elif not given and record_kind(data) != kind:

@@ -112,3 +112,22 @@ def stage_setup(spec, kind, data, run_dir, *, variant=None, seed=0, inputs=None,
     parts = build_stage(StageInputs(planned, model, cache, tokenizer.pad_id, "cpu", precision, resolved.model.moe is not None))
     settings = LoopSettings(run_dir / kind, eval_every=0, save_every=2, progress=False)
     return graph, model, planned, parts, settings
+
+
+def lm_eval_choice_task(name: str, data) -> str:
+    """An lm-eval multiple-choice task YAML over a local JSONL file of {question, choices, answer} records; the
+    question follows `<|im_start|>` (lm-eval gives a non-empty context no BOS of its own)."""
+    return f"""task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "<|im_start|>{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from minimind_spec.cli import app
 from minimind_spec.engine.evaluation import answer_text, text_rows, windows
 
-from .conftest import WORDS, _has
+from .conftest import WORDS, _has, lm_eval_choice_task
 
 transformers = pytest.importorskip("transformers")
 
@@ -262,20 +262,6 @@ def test_missing_model_data_and_bad_windows_exit_2(models, tmp_path):
         assert message in result.output.replace("\n", "") and "Traceback" not in result.output
 
 
-LM_EVAL_CHOICE = """task: mm_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "<|im_start|>{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
 LM_EVAL_TEXT = """task: mm_text
 dataset_path: json
 dataset_kwargs:
@@ -309,7 +295,7 @@ def test_lm_eval_agrees(models, tmp_path, monkeypatch):
     tasks.mkdir()
     choices = write_jsonl(tmp_path / "choices.jsonl", CHOICES)
     texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": t} for t in TEXTS])
-    (tasks / "mm_choice.yaml").write_text(LM_EVAL_CHOICE.format(data=choices))
+    (tasks / "mm_choice.yaml").write_text(lm_eval_choice_task("mm_choice", choices))
     (tasks / "mm_text.yaml").write_text(LM_EVAL_TEXT.format(data=texts))
     lm = HFLM(pretrained=str(models[1]), max_length=WINDOW, batch_size=2, device="cpu", dtype="float32")
     evaluated = simple_evaluate(model=lm, tasks=["mm_choice", "mm_text"], task_manager=TaskManager(include_path=str(tasks)),

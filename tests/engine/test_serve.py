@@ -20,6 +20,8 @@ import torch
 
 from minimind_spec.model_files import find_model
 from minimind_spec.engine.serve.model import ServedModel, chat_prompt, load_served
+
+from .conftest import lm_eval_choice_task
 from minimind_spec.engine.serve.scheduler import FinishEvent, Request, Sampling, Scheduler, TokenEvent
 
 openai = pytest.importorskip("openai")
@@ -366,20 +368,6 @@ def test_the_chat_page_streams_an_answer_in_a_real_browser(served, server, tmp_p
     assert "tokens/s" in stats and (tmp_path / "page.png").stat().st_size > 10_000
 
 
-LM_EVAL_TASK = """task: served_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "<|im_start|>{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
 
 
 def test_lm_eval_scores_through_the_completions_endpoint(trained, server, tmp_path, monkeypatch):
@@ -404,7 +392,7 @@ def test_lm_eval_scores_through_the_completions_endpoint(trained, server, tmp_pa
     data = tmp_path / "choices.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "served_choice.yaml").write_text(LM_EVAL_TASK.format(data=data))
+    (tmp_path / "tasks" / "served_choice.yaml").write_text(lm_eval_choice_task("served_choice", data))
     files = find_model(trained)
     lm = LocalCompletionsAPI(base_url=f"{server.url}/v1/completions", model=NAME, tokenizer=str(files.tokenizer_dir),
                              tokenizer_backend="huggingface", tokenized_requests=True, max_length=60, num_concurrent=1)

@@ -243,8 +243,8 @@ def decode_line(raw: bytes, line_no: int) -> str:
     return text[1:] if line_no == 1 and raw.startswith(UTF8_BOM) else text
 
 
-def parse_line(raw: bytes, line_no: int, kind: RecordKind) -> Record | None:
-    """The record on one raw line of a JSONL file, None for a blank line; ValueError says what is wrong."""
+def json_line(raw: bytes, line_no: int) -> Any:
+    """The JSON value on one raw line of a JSONL file, None for a blank line; ValueError says what is wrong."""
     text = decode_line(raw, line_no)
     if not text.strip():
         return None
@@ -254,7 +254,15 @@ def parse_line(raw: bytes, line_no: int, kind: RecordKind) -> Record | None:
         raise ValueError(f"not JSON: {exc.msg}") from None
     except RecursionError:
         raise ValueError("not JSON: nested too deeply to read") from None
-    return parse_record(data, kind)
+    if data is None:  # None means a blank line to callers: a `null` line is an error of its own
+        raise ValueError("a record is a JSON object, got null")
+    return data
+
+
+def parse_line(raw: bytes, line_no: int, kind: RecordKind) -> Record | None:
+    """The record on one raw line of a JSONL file, None for a blank line; ValueError says what is wrong."""
+    data = json_line(raw, line_no)
+    return None if data is None else parse_record(data, kind)
 
 
 def read_records(path: str | Path, kind: RecordKind, skip_bad_lines: bool = False,
