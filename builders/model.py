@@ -24,6 +24,7 @@ from .attention import Attention, build_attention_mask, flash_unavailable
 from .cache import StaticKVCache
 from .inference.generate import generate
 from .lora import LoRAAdapter, Projection, lora_state_dict, merge_lora, unmerge_lora
+from .token_rows import TokenRows
 from .mlp import GatedMLP
 from .moe import MoE
 from .norm import LayerNorm, RMSNorm
@@ -163,6 +164,18 @@ class MiniMindForCausalLM(nn.Module):
             assert isinstance(shared, nn.Parameter)  # typed as a Tensor by nn.Embedding
             self.lm_head.weight = shared
 
+    def head_rows(self) -> TokenRows | None:
+        """The head's trainable token rows: its own when untied, the embedding's when tied (None: none)."""
+        rows = getattr(self.model.embed_tokens, "token_rows", None) if self.tie_word_embeddings \
+            else getattr(self.lm_head, "token_rows", None)
+        return rows if isinstance(rows, TokenRows) else None
+
+    def head_weight(self) -> torch.Tensor:
+        """The weight the head applies (vocab, D), trained token rows included."""
+        weight = self.lm_head.weight
+        rows = self.head_rows()
+        return weight if rows is None else rows.applied_to(weight)
+
     @property
     def vocab_size(self) -> int:
         return self.model.embed_tokens.num_embeddings
@@ -205,6 +218,9 @@ class MiniMindForCausalLM(nn.Module):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]  # (B, T', D)
         logits = self.lm_head(hidden)  # (B, T', V)
+        rows = self.head_rows()
+        if rows is not None:  # trainable token rows (LoRA): those tokens' logits from their trained rows
+            logits = rows.replace_logits(hidden, logits)  # (B, T', V)
         if aux is None:
             aux = logits.new_zeros((), dtype=torch.float32)
         counts = None
@@ -249,7 +265,7 @@ class MiniMindForCausalLM(nn.Module):
         """Initialise as MiniMind / Llama do: normal(0, std) for every weight matrix and
         embedding, norms at one (and zero bias), LoRA A normal and B zero; RoPE tables recomputed."""
         for module in self.modules():
-            if isinstance(module, LoRAAdapter):
+            if isinstance(module, (LoRAAdapter, TokenRows)):
                 module.reset_parameters(std, generator)
             elif isinstance(module, RotaryEmbedding):
                 module.reset_tables()
@@ -258,7 +274,7 @@ class MiniMindForCausalLM(nn.Module):
             elif isinstance(module, (RMSNorm, LayerNorm)):
                 module.reset_parameters()
             for name, param in module.named_parameters(recurse=False):
-                if isinstance(module, LoRAAdapter) or param.dim() < 2:
+                if isinstance(module, (LoRAAdapter, TokenRows)) or param.dim() < 2:
                     continue
                 if module is self.lm_head and self.tie_word_embeddings:
                     continue

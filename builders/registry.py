@@ -15,7 +15,7 @@ from types import MappingProxyType
 from torch import nn
 
 from .attention import build_attention
-from .embedding import build_embedding, build_lm_head
+from .embedding import build_embedding, build_lm_head, build_token_rows
 from .lora import build_linear, build_lora
 from .mlp import build_glu
 from .moe import build_moe, build_router
@@ -35,6 +35,7 @@ BUILDERS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType({
     "router": build_router,
     "moe_combine": build_moe,
     "lm_head": build_lm_head,
+    "token_rows": build_token_rows,
 })
 
 

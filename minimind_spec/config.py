@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import Problem
+from .rewards import RewardRule
 from .schema import ProjectionName, Spec
 
 AttentionBackendName = Literal["flash-attn2", "sdpa", "eager"]
@@ -53,6 +54,8 @@ class LoRAConfig:
     alpha: float
     dropout: float
     targets: tuple[ProjectionName, ...]  # e.g. ("q_proj", "v_proj")
+    trainable_tokens: tuple[int, ...] = ()  # token ids whose embedding (and untied head) rows train (PEFT trainable tokens)
+    modules_to_save: tuple[str, ...] = ()  # whole modules that train and are saved with the adapters (PEFT's rule: name suffix)
 
     @property
     def scaling(self) -> float:
@@ -136,6 +139,9 @@ class DPOConfig:
     reference_model: str  # 'base_model': the stage's frozen input model
     pair_source: str
     loss: Literal["sigmoid", "hinge", "ipo"]
+    rpo_alpha: float  # weight of the chosen response's per-token NLL; 0: plain DPO
+    length_normalized: bool  # per-token mean log-probs (always for IPO)
+    stop_on_collapse: bool  # the DPO watch ends the stage on collapse or divergence
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,25 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO with verifiable rewards: sampling, the loss and the reward rules (`rewards.py`)."""
+
+    enabled: bool
+    num_generations: int  # completions per prompt: one group
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    thinking: bool  # the generation prompt opens a <think> block
+    beta: float  # weight of the k3 KL to the reference per completion token
+    loss: Literal["grpo", "cispo"]
+    clip_eps: float
+    cispo_max_weight: float
+    std_eps: float
+    rewards: tuple[RewardRule, ...]
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """How the spec says to train: the optimizer and each technique's settings."""
 
@@ -162,6 +187,19 @@ class TrainingConfig:
     sft: SFTConfig
     dpo: DPOConfig
     distill: DistillConfig
+    grpo: GRPOConfig
+    quant: QuantConfig | None  # None: the base stays at full precision in every stage
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """QLoRA (`techniques.quant`): in each stage that trains only LoRA adapters, the frozen base's
+    decoder projections (q/k/v/o/gate/up/down, experts included) are stored in NF4 and dequantised
+    on the fly; embeddings, norms, the router and the head stay at full precision. It changes how the
+    base is held while training, not what the weights mean: `weight_values` does not include it."""
+
+    scheme: Literal["nf4"]
+    where: tuple[Literal["base"], ...]
 
 
 @dataclass(frozen=True)
@@ -186,6 +224,8 @@ class TrainingOverrides:
     lora_rank: int | None = None
     lora_alpha: float | None = None
     lora_targets: tuple[str, ...] | None = None  # --lora-targets q_proj,v_proj: the placements
+    trainable_tokens: tuple[int, ...] | None = None  # LoRA's trainable token ids, made concrete with the tokenizer
+    trainable_tokens_why: str = "cli: --trainable-tokens"  # their provenance (the flag or the spec's entries, and why)
     bf16: bool | None = None  # --bf16: hyperparams.dtype bfloat16 (autocast, fp32 master weights)
 
 

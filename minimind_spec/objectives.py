@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .rewards import RewardRule, describe_rewards
+
 
 @dataclass(frozen=True)
 class CausalLMObjective:
@@ -48,9 +50,50 @@ class PreferenceObjective:
 
     beta: float
     loss: Literal["sigmoid", "hinge", "ipo"]
+    rpo_alpha: float = 0.0  # weight of the chosen response's per-token NLL (RPO); 0: none
+    length_normalized: bool = False  # per-token mean log-probs (IPO always)
+    stop_on_collapse: bool = False  # the DPO watch ends the stage instead of only warning
+
+    @property
+    def averaged(self) -> bool:
+        """Sequence log-probs are per-token means (IPO is defined on them; `length_normalized` asks for them)."""
+        return self.loss == "ipo" or self.length_normalized
 
     def describe(self) -> str:
-        return f"DPO ({self.loss}), beta {self.beta:g}, log-probs of the response tokens only"
+        logps = "per-token mean log-probs" if self.averaged else "summed log-probs"
+        rpo = f" + {self.rpo_alpha:g} x NLL(chosen) per token (RPO)" if self.rpo_alpha else ""
+        stop = "; stops the stage if the likelihoods collapse" if self.stop_on_collapse else ""
+        return f"DPO ({self.loss}), beta {self.beta:g}{rpo}, {logps} of the response tokens only{stop}"
 
 
-ObjectiveSettings = CausalLMObjective | DistillObjective | PreferenceObjective
+@dataclass(frozen=True)
+class GRPOObjective:
+    """GRPO with verifiable rewards: `num_generations` sampled completions per prompt, rewards normalised
+    within each group into advantages, a clipped policy-gradient loss (or CISPO's) per completion token plus
+    beta x the k3 KL to the frozen reference, summed over completion tokens."""
+
+    num_generations: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    thinking: bool  # the generation prompt opens a <think> block
+    beta: float
+    loss: Literal["grpo", "cispo"]
+    clip_eps: float
+    cispo_max_weight: float
+    std_eps: float
+    rewards: tuple[RewardRule, ...]
+
+    def describe(self) -> str:
+        sampling = f"temperature {self.temperature:g}" + (f", top-p {self.top_p:g}" if self.top_p < 1 else "") + (
+            f", top-k {self.top_k}" if self.top_k else "")
+        policy = (f"clipped ratio x advantage (eps {self.clip_eps:g})" if self.loss == "grpo"
+                  else f"CISPO: detached importance weight (capped at {self.cispo_max_weight:g}) x advantage x log-prob")
+        kl = f" + {self.beta:g} x KL(policy || reference) (k3)" if self.beta else ", no KL term"
+        return (f"GRPO: {self.num_generations} completions per prompt (at most {self.max_new_tokens} tokens, {sampling}"
+                f"{', thinking' if self.thinking else ''}), advantages (r - group mean) / (group std + {self.std_eps:g}); "
+                f"{policy}{kl} per completion token; rewards {describe_rewards(self.rewards)}")
+
+
+ObjectiveSettings = CausalLMObjective | DistillObjective | PreferenceObjective | GRPOObjective

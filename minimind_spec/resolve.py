@@ -22,10 +22,12 @@ from pydantic import BaseModel
 
 from .config import (
     AttentionBackendName, DistillConfig, DPOConfig, LoRAConfig, ModelConfig, MoEConfig, OptimConfig, ResolvedSpec, RopeConfig,
-    SFTConfig, StageSettings, TrainingConfig, TrainingOverrides,
+    SFTConfig, StageSettings, TrainingConfig, TrainingOverrides, GRPOConfig, QuantConfig,
 )
 from .errors import Problem, SpecError, pointer
+from .rewards import ExactMatch, Format, Length, Repetition, RewardRule
 from .schema import PROJECTIONS, Spec, YarnRopeScaling
+from .schema.training import GRPOReward
 from .stages import STAGES, StageDefinition, StageKind
 from .suggest import did_you_mean
 
@@ -139,7 +141,22 @@ def _resolve_lora(spec: Spec, record: _Recorder, cli: TrainingOverrides) -> LoRA
         alpha=record.take("model.lora.alpha", lora, "alpha", path, cli=("--lora-alpha", cli.lora_alpha)),
         dropout=record.take("model.lora.dropout", lora, "dropout", path),
         targets=tuple(dict.fromkeys(targets)),
+        trainable_tokens=_trainable_tokens(lora.trainable_tokens, record, cli),
+        modules_to_save=tuple(record.take("model.lora.modules_to_save", lora, "modules_to_save", path)),
     )
+
+
+def _trainable_tokens(entries: list[int | str] | str, record: _Recorder, cli: TrainingOverrides) -> tuple[int, ...]:
+    """The ids `train` made concrete with its tokenizer; without one, the spec's ids (its strings and 'auto' need it)."""
+    key = "model.lora.trainable_tokens"
+    if cli.trainable_tokens is not None:
+        return record.set(key, tuple(cli.trainable_tokens), cli.trainable_tokens_why)
+    if entries == "auto":
+        return record.set(key, (), "default: auto (decided with the tokenizer and the start model when training; none here)")
+    ids = tuple(dict.fromkeys(e for e in entries if isinstance(e, int)))
+    strings = [e for e in entries if isinstance(e, str)]
+    note = f" (tokens {', '.join(strings)} are placed with the tokenizer when training)" if strings else ""
+    return record.set(key, ids, "spec:/techniques/lora/trainable_tokens" + note)
 
 
 def _resolve_backend(spec: Spec, variant: str | None, record: _Recorder) -> AttentionBackendName:
@@ -296,6 +313,9 @@ def _resolve_training(spec: Spec, record: _Recorder, cli: TrainingOverrides, mod
             reference_model=record.take("training.dpo.reference_model", dpo, "reference_model", dpath),
             pair_source=record.take("training.dpo.pair_source", dpo, "pair_source", dpath),
             loss=record.take("training.dpo.loss", dpo, "loss", dpath),
+            rpo_alpha=record.take("training.dpo.rpo_alpha", dpo, "rpo_alpha", dpath),
+            length_normalized=record.take("training.dpo.length_normalized", dpo, "length_normalized", dpath),
+            stop_on_collapse=record.take("training.dpo.stop_on_collapse", dpo, "stop_on_collapse", dpath),
         ),
         distill=DistillConfig(
             enabled=record.take("training.distill.enabled", distill, "enabled", kpath),
@@ -312,7 +332,45 @@ def _resolve_training(spec: Spec, record: _Recorder, cli: TrainingOverrides, mod
                 "reasoning-token-masking" in spec.tricks, _trick_clause(spec, "reasoning-token-masking")),
             reasoning_token_weight=record.take("training.distill.reasoning_token_weight", distill, "reasoning_token_weight", kpath),
         ),
+        grpo=_resolve_grpo(spec, record),
+        quant=_resolve_quant(spec, record, model),
     )
+
+
+def _reward_rule(entry: GRPOReward) -> RewardRule:
+    """A `techniques.grpo.rewards` entry as its typed rule, the rule's defaults where the entry is silent."""
+    if entry.name == "exact_match":
+        return ExactMatch(entry.weight, entry.pattern) if entry.pattern is not None else ExactMatch(entry.weight)
+    if entry.name == "format":
+        return Format(entry.weight) if entry.require_reasoning is None else Format(entry.weight, entry.require_reasoning)
+    if entry.name == "length":
+        return Length(entry.weight) if entry.target is None else Length(entry.weight, entry.target)
+    return Repetition(entry.weight) if entry.n is None else Repetition(entry.weight, entry.n)
+
+
+def _resolve_grpo(spec: Spec, record: _Recorder) -> GRPOConfig:
+    grpo, path = spec.techniques.grpo, ("techniques", "grpo")
+    values = {name: record.take(f"training.grpo.{name}", grpo, name, path)
+              for name in ("enabled", "num_generations", "max_new_tokens", "temperature", "top_p", "top_k", "thinking", "beta",
+                           "loss", "clip_eps", "cispo_max_weight", "std_eps")}
+    rewards = tuple(_reward_rule(entry) for entry in record.take("training.grpo.rewards", grpo, "rewards", path))
+    return GRPOConfig(**values, rewards=rewards)
+
+
+def _resolve_quant(spec: Spec, record: _Recorder, model: ModelConfig) -> QuantConfig | None:
+    """QLoRA's settings, or None when quantisation is off. The rules refuse schemes and places not
+    implemented; here, after the command line's --lora, a quantised base without adapters is refused."""
+    quant, path = spec.techniques.quant, ("techniques", "quant")
+    if not record.take("training.quant.enabled", quant, "enabled", path):
+        return None
+    if model.lora is None:
+        raise SpecError(Problem(pointer(*path, "enabled"), "quantises the frozen base for LoRA adapters (QLoRA), but LoRA is "
+                                                         "off: nothing would train", "enable techniques.lora (or --lora)"))
+    scheme = record.take("training.quant.scheme", quant, "scheme", path)
+    where = tuple(record.take("training.quant.where", quant, "where", path))
+    if scheme != "nf4" or any(place != "base" for place in where) or not where:  # the rules report these first
+        raise SpecError(Problem(pointer(*path), f"scheme {scheme!r} where {list(where)}: only nf4 where ['base'] is implemented"))
+    return QuantConfig(scheme="nf4", where=("base",))
 
 
 # (field, flag, lowest allowed, whether the lowest itself is allowed, highest allowed (exclusive))

@@ -144,8 +144,8 @@ def _check_training(spec: Spec, errors: list[Problem], warnings: list[Problem]) 
             errors.append(Problem(pointer("techniques", "adapters", "bottleneck"), "adapters are enabled with bottleneck 0"))
         if not tech.adapters.placements:
             errors.append(Problem(pointer("techniques", "adapters", "placements"), "adapters are enabled but name no placements"))
-    if tech.quant.enabled and not tech.quant.scheme:
-        errors.append(Problem(pointer("techniques", "quant", "scheme"), "quantisation is enabled but the scheme is empty", "one of int8, int4, nf4, fp8"))
+    if tech.quant.enabled:
+        _check_quant(spec, errors)
     hyperparams = spec.hyperparams
     scaling = hyperparams.rope_scaling
     factor = scaling.factor if scaling is not None and scaling.type != "none" else 1.0
@@ -163,6 +163,30 @@ def _check_training(spec: Spec, errors: list[Problem], warnings: list[Problem]) 
                                                                            "positions", "raise hyperparams.max_position_embeddings, or lower it"))
     if tech.dpo.enabled and tech.dpo.beta > 10:
         warnings.append(warning(pointer("techniques", "dpo", "beta"), f"beta {tech.dpo.beta} is unusually large (typical 0.05-0.5)"))
+
+
+QUANT_SCHEMES = ("nf4",)  # implemented (builders/nf4.py); the schema's other names are refused
+QUANT_PLACES = ("base",)  # the frozen decoder projections; embeddings, norms and the head stay at full precision
+
+
+def _check_quant(spec: Spec, errors: list[Problem]) -> None:
+    """QLoRA: an enabled `techniques.quant` must name what is implemented (LoRA itself is checked by
+    resolve, after the command line's --lora)."""
+    quant = spec.techniques.quant
+    if not quant.scheme:
+        errors.append(Problem(pointer("techniques", "quant", "scheme"), "quantisation is enabled but the scheme is empty",
+                              "nf4 (the only scheme implemented)"))
+    elif quant.scheme not in QUANT_SCHEMES:
+        errors.append(Problem(pointer("techniques", "quant", "scheme"), f"scheme {quant.scheme!r} is not implemented: only nf4 "
+                              "(QLoRA: the frozen base in NF4 under LoRA adapters)", "nf4"))
+    if not quant.where:
+        errors.append(Problem(pointer("techniques", "quant", "where"), "quantisation is enabled but names nothing to quantise",
+                              '["base"]: the frozen q/k/v/o/gate/up/down projections'))
+    for i, place in enumerate(quant.where):
+        if place not in QUANT_PLACES:
+            errors.append(Problem(pointer("techniques", "quant", "where", i), f"{place!r} cannot be quantised: only 'base' (the "
+                                  "frozen q/k/v/o/gate/up/down projections, experts included); embeddings, norms and the head "
+                                  "stay at full precision, as in QLoRA", did_you_mean(place, QUANT_PLACES, 'where: ["base"]')))
 
 
 def _check_tricks(spec: Spec, errors: list[Problem], warnings: list[Problem]) -> None:

@@ -22,9 +22,9 @@ from enum import StrEnum
 from typing import Literal
 
 from .config import TrainingConfig
-from .objectives import CausalLMObjective, DistillObjective, ObjectiveSettings, PreferenceObjective
+from .objectives import CausalLMObjective, DistillObjective, GRPOObjective, ObjectiveSettings, PreferenceObjective
 
-RecordKind = Literal["pretrain", "conversation", "preference"]
+RecordKind = Literal["pretrain", "conversation", "preference", "prompt"]
 
 
 class StageKind(StrEnum):
@@ -32,6 +32,7 @@ class StageKind(StrEnum):
     SFT = "sft"
     DISTILL = "distill"
     DPO = "dpo"
+    GRPO = "grpo"
 
 
 class RowLayout(StrEnum):
@@ -40,11 +41,12 @@ class RowLayout(StrEnum):
     STREAM = "stream"  # consecutive slices of the token stream (documents end to end)
     PACKED = "packed"  # whole samples packed into rows, each attending to itself only
     PAIRS = "pairs"  # chosen and rejected sequences, padded to the batch's longest
+    GROUPS = "groups"  # a prompt sampled num_generations times: prompts left-padded, completions right-padded
 
 
 class FrozenModel(StrEnum):
     NONE = "none"
-    REFERENCE = "reference"  # the stage's input model, frozen (DPO)
+    REFERENCE = "reference"  # the stage's input model, frozen (DPO, GRPO)
     TEACHER = "teacher"  # another trained model (distillation)
 
 
@@ -86,6 +88,7 @@ class StageDefinition:
     evaluation: str
     switch: str | None  # the techniques section whose `enabled` puts the stage in a plan; None: pretraining
     recipe: Recipe = field(default_factory=Recipe)
+    samples: bool = False  # its sequences are sampled from the policy while it trains (GRPO): none can be precomputed
 
     @property
     def data_flag(self) -> str:
@@ -105,10 +108,18 @@ def _distill(training: TrainingConfig) -> ObjectiveSettings:
 
 
 def _preference(training: TrainingConfig) -> ObjectiveSettings:
-    return PreferenceObjective(training.dpo.beta, training.dpo.loss)
+    dpo = training.dpo
+    return PreferenceObjective(dpo.beta, dpo.loss, dpo.rpo_alpha, dpo.length_normalized, dpo.stop_on_collapse)
+
+
+def _grpo(training: TrainingConfig) -> ObjectiveSettings:
+    grpo = training.grpo
+    return GRPOObjective(grpo.num_generations, grpo.max_new_tokens, grpo.temperature, grpo.top_p, grpo.top_k, grpo.thinking,
+                         grpo.beta, grpo.loss, grpo.clip_eps, grpo.cispo_max_weight, grpo.std_eps, grpo.rewards)
 
 
 CONVERSATIONS = 'JSONL {"conversations": [{"role", "content", "reasoning_content"?}]} (ChatML)'
+PROMPTS = 'JSONL {"conversations": [{"role": "user", "content": ...}], "answer": ...} (the prompt ends with a user turn)'
 LORA_RECIPE = RecipeValue(1e-4, "the card's LoRA recipe, train_lora --lr 1e-4")
 
 STAGES: tuple[StageDefinition, ...] = (
@@ -134,6 +145,13 @@ STAGES: tuple[StageDefinition, ...] = (
         Recipe(lr=RecipeValue(1e-6, "trl DPOConfig default; MiniMind uses 4e-8"),
                lora_lr=RecipeValue(5e-6, "DPO with LoRA adapters"), grad_clip=RecipeValue(1.0, "the card's DPO recipe"),
                lr_ceiling=RecipeValue(1e-5, "DPO rates beyond it collapse the likelihoods of chosen and rejected alike"))),
+    StageDefinition(
+        StageKind.GRPO, "group relative policy optimisation with verifiable rewards (sampled completions)", "prompt",
+        PROMPTS, RowLayout.GROUPS, "completion tokens", True, FrozenModel.REFERENCE, _grpo,
+        "mean reward of greedy completions of held-out prompts", "grpo",
+        Recipe(lr=RecipeValue(1e-6, "trl GRPOConfig default; MiniMind train_grpo.py uses 3e-7"),
+               lora_lr=RecipeValue(5e-6, "GRPO with LoRA adapters, as Unsloth's GRPO recipes"),
+               grad_clip=RecipeValue(1.0, "MiniMind train_grpo.py and trl's max_grad_norm")), samples=True),
 )
 
 STAGE_ORDER: tuple[StageKind, ...] = tuple(definition.kind for definition in STAGES)

@@ -26,8 +26,8 @@ def _lrs(resolved):
 
 def test_the_registry_defines_every_stage_kind_once_in_run_order():
     assert [d.kind for d in STAGES] == list(StageKind) == list(STAGE_ORDER)
-    assert [d.data_flag for d in STAGES] == ["--pretrain-data", "--sft-data", "--distill-data", "--dpo-data"]
-    assert [d.adapter_mode for d in STAGES] == [False, True, True, True]  # LoRA: the post-training stages train adapters
+    assert [d.data_flag for d in STAGES] == ["--pretrain-data", "--sft-data", "--distill-data", "--dpo-data", "--grpo-data"]
+    assert [d.adapter_mode for d in STAGES] == [False, True, True, True, True]  # LoRA: the post-training stages train adapters
     assert stage("dpo").recipe.lr.value == 1e-6 and stage(StageKind.DPO).recipe.lora_lr.value == 5e-6
 
 
@@ -38,6 +38,7 @@ def test_where_the_spec_is_silent_each_stage_takes_its_recipe(write_spec):
         "sft": (1e-5, "recipe: sft lr (MiniMind train_full_sft.py)"),
         "distill": (5e-6, "recipe: distill lr (MiniMind train_distillation.py)"),
         "dpo": (1e-6, "recipe: dpo lr (trl DPOConfig default; MiniMind uses 4e-8)"),
+        "grpo": (1e-6, "recipe: grpo lr (trl GRPOConfig default; MiniMind train_grpo.py uses 3e-7)"),
     }
     assert resolved.training.stages["sft"].batch_size == 8 and resolved.training.stages["sft"].warmup == 100
     assert resolved.training.stages["pretrain"].warmup == 0  # no recipe: the global default
@@ -49,6 +50,7 @@ def test_with_lora_the_adapter_stages_take_the_lora_recipe(write_spec):
     assert lrs["pretrain"][0] == 5e-4  # pretraining trains the base, LoRA or not
     assert lrs["sft"] == (1e-4, "recipe: sft lr, LoRA (the card's LoRA recipe, train_lora --lr 1e-4)")
     assert lrs["dpo"] == (5e-6, "recipe: dpo lr, LoRA (DPO with LoRA adapters)")
+    assert lrs["grpo"] == (5e-6, "recipe: grpo lr, LoRA (GRPO with LoRA adapters, as Unsloth's GRPO recipes)")
 
 
 def test_a_stage_section_beats_the_global_section_which_beats_the_recipe(write_spec):

@@ -60,7 +60,7 @@ _ATTRIBUTE = "_packed_decode_weights"
 
 def _effective_weight(projection: Projection) -> torch.Tensor:
     """The weight the projection applies: base plus the adapter's update when not merged."""
-    weight = projection.weight.detach()
+    weight = projection.dense_weight().detach()  # an NF4 base (QLoRA) dequantised
     if projection.lora is not None and not projection.merged:
         weight = weight + projection.lora.delta_weight().detach().to(weight.dtype)
     return weight
@@ -99,6 +99,14 @@ def _signature(model: CausalLM) -> tuple[object, ...]:
     return params, merged
 
 
+def _head_weight(model: CausalLM) -> torch.Tensor:
+    """The head's effective weight, trained token rows (LoRA trainable tokens) included."""
+    weight = _effective_weight(model.lm_head)
+    head_rows = getattr(model, "head_rows", None)  # MiniMindForCausalLM's; other CausalLMs have none
+    rows = head_rows() if callable(head_rows) else None
+    return weight if rows is None else rows.applied_to(weight).detach()
+
+
 @dataclass(frozen=True)
 class LayerParts:
     """A decoder layer's submodules, typed (nn.Module's attributes are `Tensor | Module` to a type checker)."""
@@ -133,7 +141,7 @@ def _pack(model: CausalLM, signature: tuple[object, ...], quant: Quant, kernel: 
             gate_up = linear(torch.cat([_effective_weight(mlp.gate_proj), _effective_weight(mlp.up_proj)]))
             down = linear(_effective_weight(mlp.down_proj))
         layers.append(PackedLayer(qkv=linear(qkv), o=linear(_effective_weight(attn.o_proj)), gate_up=gate_up, down=down))
-    return PackedWeights(layers=layers, lm_head=linear(_effective_weight(model.lm_head)), signature=signature, quant=quant)
+    return PackedWeights(layers=layers, lm_head=linear(_head_weight(model)), signature=signature, quant=quant)
 
 
 class _PackSlot:

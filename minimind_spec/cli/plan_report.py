@@ -34,7 +34,9 @@ def _rows(plan: StagePlan) -> list[str]:
     layout = {"stream": "consecutive slices of the token stream" + (", documents isolated" if plan.document_mask
                                                                      else ", documents attend across"),
               "packed": "samples packed into rows, each attending to itself only" if plan.pack
-              else "one sample per row, padded (--no-pack)", "pairs": "chosen/rejected pairs padded to the batch's longest"}
+              else "one sample per row, padded (--no-pack)", "pairs": "chosen/rejected pairs padded to the batch's longest",
+              "groups": "each prompt sampled as a group of completions; batch counts prompts, seq_len bounds prompt + "
+                        "completion"}
     lines = [f"objective: {escape(plan.objective.describe())}; the step's loss sum / its {plan.count_unit}",
              f"data: {escape(str(plan.data or '-'))}  [dim]({escape(plan.data_format)}; {layout[plan.rows]})[/dim]",
              f"trains: {', '.join(plan.trainable_roles)}: {plan.trainable_params:,} of {plan.total_params:,} parameters "
@@ -43,6 +45,11 @@ def _rows(plan: StagePlan) -> list[str]:
         lines.append(f"per token: {plan.active_params:,} active of {plan.total_params:,} parameters "
                      f"({100 * plan.active_params / plan.total_params:.1f}%; MoE routes each token to its top-k experts)")
     lines += [f"[yellow]declared vs compiled: {escape(c)}[/yellow]" for c in plan.declared]
+    quant = plan.base_quant
+    if quant is not None:
+        lines.append(f"base in {quant.scheme.upper()}: {fmt_bytes(quant.bytes)} ({quant.ratio:.2f} x fp32 {fmt_bytes(quant.fp32_bytes)}) for "
+                     f"{quant.params:,} weights of {quant.matrices} projections, dequantised on the fly; embeddings, norms and "
+                     f"head at full precision  [dim]({prov['base_quant']})[/dim]")
     if plan.frozen_model:
         lines.append(f"frozen: {escape(plan.frozen_model)}")
     lines += [
@@ -59,7 +66,8 @@ def _rows(plan: StagePlan) -> list[str]:
     length = f"{plan.max_steps} steps" if plan.max_steps is not None else f"{plan.epochs} epoch{'s' if plan.epochs != 1 else ''}"
     memory = plan.memory
     sharded = f" per process (FSDP over {memory.shards})" if memory.shards > 1 else ""
-    lines.append(f"peak memory{sharded} {fmt_bytes(memory.total)} = {fmt_bytes(memory.weights)} fp32 weights + "
+    weights = "weights (NF4 base)" if quant is not None else "fp32 weights"
+    lines.append(f"peak memory{sharded} {fmt_bytes(memory.total)} = {fmt_bytes(memory.weights)} {weights} + "
                  f"{fmt_bytes(memory.gradients + memory.optimizer)} grads and optimizer state + {fmt_bytes(memory.activations)} "
                  f"activations of one micro-batch + {fmt_bytes(memory.frozen_models)} frozen models")
     source = prov["max_steps"] if plan.max_steps is not None else prov["epochs"]
@@ -134,7 +142,8 @@ def print_results(training_plan: TrainingPlan, results: list[Any], out: Path) ->
                       f"{stage.total_params:,} parameters ({stage.trainable_percent:.2f}%)", markup=False)
         for contradiction in stage.declared:
             err_console.print(f"[yellow]declared vs compiled[/yellow]: {escape(contradiction)}")
-        ended = "interrupted, saved" if result.interrupted else "done"
+        ended = ("interrupted, saved" if result.interrupted else
+                 f"stopped early by its watch ({result.stopped_by}), saved" if result.stopped_by else "done")
         evaluation = result.evaluation
         held_out = "" if evaluation is None else (
             f", held-out loss {evaluation.loss:.4f}" + ("" if evaluation.step == result.steps else f" (at step {evaluation.step})"))

@@ -8,7 +8,7 @@ kind's data option (`--pretrain-data`, `--sft-data`, ...) comes from the stage r
 from __future__ import annotations
 
 import contextlib
-
+import dataclasses
 import inspect
 import os
 from collections.abc import Callable
@@ -79,7 +79,7 @@ def train_command(
                                         "for the wall-time estimate. Loads torch; takes seconds to minutes.")] = False,
     lr: Annotated[float | None, _opt("--lr", help="Peak learning rate of every stage run (overrides techniques.<stage>.lr "
                                      "and optim.lr).")] = None,
-    batch_size: Annotated[int | None, _opt("--batch-size", "--batch_size", help="Sequences (DPO: pairs) per optimizer step.")] = None,
+    batch_size: Annotated[int | None, _opt("--batch-size", "--batch_size", help="Sequences (DPO: pairs; GRPO: prompts) per optimizer step.")] = None,
     max_steps: Annotated[int | None, _opt("--max-steps", "--max_steps", help="Optimizer steps per stage.")] = None,
     warmup: Annotated[int | None, _opt("--warmup", help="Linear warmup steps.")] = None,
     weight_decay: Annotated[float | None, _opt("--weight-decay", "--weight_decay", help="AdamW weight decay.")] = None,
@@ -94,6 +94,11 @@ def train_command(
     lora_alpha: Annotated[float | None, _opt("--lora-alpha", "--lora_alpha", help="LoRA alpha (the update is alpha / r x BA).")] = None,
     lora_targets: Annotated[str | None, _opt("--lora-targets", "--lora_targets", help="Comma-separated projections that get "
                                              "adapters, e.g. q_proj,v_proj (overrides techniques.lora.placements).")] = None,
+    trainable_tokens: Annotated[str | None, typer.Option(
+        "--trainable-tokens", help="LoRA: tokens whose embedding (and untied head) rows train beside the adapters: auto "
+        "(the tokenizer's special tokens when the start model never trained on conversations), none, or a comma-separated "
+        "list of tokens or ids such as '<think>,</think>' (overrides techniques.lora.trainable_tokens).",
+        show_default=False)] = None,
     bf16: Annotated[bool, typer.Option("--bf16", help="bf16 autocast with fp32 master weights (hyperparams.dtype "
                                        "bfloat16).")] = False,
     doc_mask: Annotated[bool, typer.Option("--doc-mask", help="Pretraining: each document of a row attends to itself only, "
@@ -124,7 +129,7 @@ def train_command(
                                       "else 1): the plan's batch split and, with --fsdp, per-process memory.")] = None,
     **stage_data: Path | None,
 ) -> None:
-    """Plan and run the spec's training: pretrain -> sft -> distill -> dpo, LoRA as the adapter mode.
+    """Plan and run the spec's training: pretrain -> sft -> distill -> dpo -> grpo, LoRA as the adapter mode.
 
     Each stage takes its schedule and batch from `techniques.<stage>`, else the global `optim` /
     `regularization` / `hyperparams.seq_len`, else its recipe (e.g. DPO lr 1e-6, trl's default);
@@ -140,7 +145,9 @@ def train_command(
     Examples: `minimind-spec train spec/minimind.json --plan`,
     `... --plan --sft-data data/sft.jsonl --max-steps 200 --probe`, `... --plan --json`,
     `... --pretrain-data p.jsonl --sft-data s.jsonl --tokenizer tok/ --out runs/a`,
-    `... --stage lora --lora_rank 8 --lr 1e-4 --batch_size 8 --epochs 3 --bf16 --sft-data s.jsonl ...` (the card's recipe).
+    `... --stage lora --lora_rank 8 --lr 1e-4 --batch_size 8 --epochs 3 --bf16 --sft-data s.jsonl ...` (the card's recipe),
+    `... --stage grpo --init runs/a --grpo-data prompts.jsonl --tokenizer tok/ --out runs/b` (GRPO: prompts with
+    answers, completions sampled and scored by the rules of techniques.grpo.rewards; batch counts prompts).
     """
     if stage and "lora" in stage:  # the card's recipe: `--stage lora` is SFT training adapters only
         stage = ["sft" if name == "lora" else name for name in stage]
@@ -170,7 +177,10 @@ def train_command(
         init=init, teacher=teacher, stages=tuple(StageKind(s) for s in stage) if stage else None, tokens_per_s=tokens_per_s,
         tokenizer_vocab=tokenizer_vocab, processes=nproc if nproc is not None else int(os.environ.get("WORLD_SIZE", "1")),
         fsdp=fsdp, precompute_ref=precompute_ref, pack=not no_pack, device=facts)
-    resolved = resolve(load_spec(spec), variant, overrides)
+    loaded = load_spec(spec)
+    if tokenizer is not None:
+        overrides = _with_trainable_tokens(overrides, loaded, trainable_tokens, tokenizer, init, stage)
+    resolved = resolve(loaded, variant, overrides)
     graph = build_graph(resolved)
     training_plan = build_plan(resolved, inputs, graph)
     if probe:
@@ -189,6 +199,25 @@ def train_command(
         print_json(training_plan.to_json())
         return
     print_plan(training_plan, str(spec))
+
+
+def _with_trainable_tokens(overrides: TrainingOverrides, spec: Any, flag: str | None, tokenizer: Path, init: Path | None,
+                           stages: list[str] | None) -> TrainingOverrides:
+    """LoRA's trainable tokens made concrete with the tokenizer and the history of the model LoRA starts from."""
+    from ..engine.data.trainable_tokens import choose_trainable_tokens, parse_flag, trained_stages  # torch-free
+
+    if flag is not None:
+        entries, where = parse_flag(flag), "cli: --trainable-tokens"
+    else:
+        entries, where = spec.techniques.lora.trainable_tokens, "spec:/techniques/lora/trainable_tokens"
+        if "trainable_tokens" not in spec.techniques.lora.model_fields_set:
+            where = "default"
+    if init is not None:
+        history = trained_stages(init)
+    else:  # the run's own stages before its first post-training stage (pretraining, or nothing: a random base)
+        history = ("pretrain",) if not stages or "pretrain" in stages else ()
+    ids, why = choose_trainable_tokens(entries, tokenizer, history, where)
+    return dataclasses.replace(overrides, trainable_tokens=ids, trainable_tokens_why=why)
 
 
 def _device_facts(device: str) -> DeviceFacts:

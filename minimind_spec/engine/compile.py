@@ -35,7 +35,7 @@ from ..config import ResolvedSpec
 from ..graph import EdgeKind, OpNode, OpType, ParamRole, build_graph, default_trainable_roles, edge_kind, node, nodes
 from ..graph.ir import (
     AddAttrs, AttentionAttrs, EmbeddingAttrs, GLUAttrs, LinearAttrs, LMHeadAttrs, LoRAAttrs, MoECombineAttrs, NormAttrs,
-    RopeAttrs, RouterAttrs,
+    RopeAttrs, RouterAttrs, TokenRowsAttrs,
 )
 from .trainability import set_trainable
 from .writer import INIT_STD, save_model_dir
@@ -69,8 +69,11 @@ class _Wiring:
 def _build_leaf(op: OpNode, wiring: _Wiring) -> nn.Module:
     build, attrs = builder_for(op.op), op.attrs
     match attrs:
-        case EmbeddingAttrs():
-            return build(num_embeddings=attrs.num_embeddings, dim=attrs.dim)
+        case TokenRowsAttrs():
+            return build(token_ids=attrs.token_ids, dim=attrs.dim)
+        case EmbeddingAttrs():  # trainable token rows, if any, feed it and were built before it (graph order)
+            rows = [wiring.built[r.id] for r in wiring.inputs(op, EdgeKind.ADAPTER)]
+            return build(num_embeddings=attrs.num_embeddings, dim=attrs.dim, **({"token_rows": rows[0]} if rows else {}))
         case RopeAttrs():
             return build(head_dim=attrs.head_dim, max_position_embeddings=attrs.max_position_embeddings, theta=attrs.theta,
                          scaling=attrs.scaling, factor=attrs.factor,
@@ -85,7 +88,8 @@ def _build_leaf(op: OpNode, wiring: _Wiring) -> nn.Module:
             adapters = [wiring.built[a.id] for a in wiring.inputs(op, EdgeKind.ADAPTER)]
             return build(in_features=attrs.in_features, out_features=attrs.out_features, lora=adapters[0] if adapters else None)
         case LMHeadAttrs():
-            return build(in_features=attrs.in_features, out_features=attrs.out_features)
+            rows = [wiring.built[r.id] for r in wiring.inputs(op, EdgeKind.ADAPTER)]
+            return build(in_features=attrs.in_features, out_features=attrs.out_features, **({"token_rows": rows[0]} if rows else {}))
         case RouterAttrs():
             return build(d_model=attrs.d_model, num_experts=attrs.num_experts)
     raise NotImplementedError(f"compile: op type {op.op!s} ({op.id}) has no wiring")  # pragma: no cover

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
+from builders.lora import ADAPTER_SUFFIXES
 from builders.model import MiniMindForCausalLM
+from builders.token_rows import reset_token_rows
 
 from ..config import LoRAConfig, ModelConfig, MoEConfig, ResolvedSpec, RopeConfig, value_changes, weight_values
 from ..errors import InputError, Problem, SpecError
@@ -126,7 +128,10 @@ def _model_config(data: dict[str, Any], version: int, source: Path) -> ModelConf
     fields["rope_scaling"] = RopeConfig(**fields["rope_scaling"])
     fields["moe"] = MoEConfig(**fields["moe"]) if fields["moe"] is not None else None
     if fields["lora"] is not None:
-        fields["lora"] = LoRAConfig(**{**fields["lora"], "targets": tuple(fields["lora"]["targets"])})
+        lora = fields["lora"]
+        fields["lora"] = LoRAConfig(**{**lora, "targets": tuple(lora["targets"]),
+                                       "trainable_tokens": tuple(lora.get("trainable_tokens", ())),
+                                       "modules_to_save": tuple(lora.get("modules_to_save", ()))})
     return ModelConfig(**fields)
 
 
@@ -160,7 +165,7 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
     expected = set(model.state_dict())
     if in_hf_layout(state):  # an export in Qwen2-MoE's layout, or transformers' fused experts: back to ours
         state = from_hf(state, expected)
-    extra = [k for k in state if k not in expected and k.endswith((".lora.A", ".lora.B"))]
+    extra = [k for k in state if k not in expected and k.endswith((".lora.A", ".lora.B", ".token_rows.values"))]
     if extra:  # adapters this model does not have: dropped only when they change nothing (B = 0)
         live = [k for k in extra if k.endswith(".lora.B") and bool(state[k].any())]
         if live:
@@ -184,12 +189,14 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
                          "  hyperparams.tie_word_embeddings: spec true, checkpoint has an lm_head of its own")
     report = fit_report({k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in state.items()})
     if fresh_adapters:
-        report = dataclasses.replace(report, missing=tuple(k for k in report.missing if not k.endswith((".lora.A", ".lora.B"))))
+        report = dataclasses.replace(report, missing=tuple(k for k in report.missing if not k.endswith(ADAPTER_SUFFIXES)))
     if not report.fits:
         raise InputError(report.message(source))
     model.load_state_dict(state, strict=False)
     if isinstance(model, MiniMindForCausalLM):
         model.tie_weights()
+    if fresh_adapters:  # fresh token rows start as the loaded base's own rows (the model computes as its base)
+        reset_token_rows(model)
 
 
 def load_model(config_path: Path, weights: Path, device: str = "cpu") -> MiniMindForCausalLM:

@@ -21,7 +21,7 @@ from ..schema import ProjectionName
 from .ir import (
     INPUT_ID, OUTPUT_ID, AddAttrs, AttentionAttrs, AuxLossAttrs, EdgeKind, EmbeddingAttrs, GLUAttrs, InputAttrs, LinearAttrs,
     LMHeadAttrs, LoRAAttrs, MergePoint, MLPKind, MoECombineAttrs, NormAttrs, NormPlace, OpNode, OpType, OutputAttrs,
-    ParamRole, RopeAttrs, RouterAttrs, attrs_dict,
+    ParamRole, RopeAttrs, RouterAttrs, TokenRowsAttrs, attrs_dict,
 )
 
 ATTENTION_MERGE = MergePoint("attention_output", "mlp_input", "add")
@@ -89,6 +89,17 @@ class _GraphBuilder:
         if adapter:
             self.edge(adapter, node_id, EdgeKind.ADAPTER)
         return node_id
+
+    def token_rows(self, target: str) -> str | None:
+        """LoRA's trainable token rows of the embedding or the (untied) head `target`, when the spec has them."""
+        lora = self.config.lora
+        if lora is None or not lora.trainable_tokens:
+            return None
+        n, d = len(lora.trainable_tokens), self.config.d_model
+        return self.add(OpNode(
+            id=f"{target}.token_rows", op=OpType.TOKEN_ROWS, in_shapes=(shape("B", "T"),), out_shape=shape(n, d), params=n * d,
+            role=ParamRole.LORA, attrs=TokenRowsAttrs(token_ids=lora.trainable_tokens, dim=d, target=target),
+        ), INPUT_ID, kind=EdgeKind.ADAPTER)
 
     def norm(self, node_id: str, src: str, layer: int | None, place: NormPlace) -> str:
         d, is_rms = self.config.d_model, self.config.norm == "RMSNorm"
@@ -181,10 +192,14 @@ class _GraphBuilder:
         d = config.d_model
         tokens = shape("B", "T")
         self.add(OpNode(id=INPUT_ID, op=OpType.INPUT, out_shape=tokens, attrs=InputAttrs()))
+        rows = self.token_rows("model.embed_tokens")
         stream = self.add(OpNode(
-            id="model.embed_tokens", op=OpType.EMBEDDING, in_shapes=(tokens,), out_shape=self.hidden,
-            params=config.vocab_size * d, role=ParamRole.EMBEDDING, attrs=EmbeddingAttrs(num_embeddings=config.vocab_size, dim=d),
+            id="model.embed_tokens", op=OpType.EMBEDDING, in_shapes=(tokens,) + ((node(self.graph, rows).out_shape,) if rows else ()),
+            out_shape=self.hidden, params=config.vocab_size * d, role=ParamRole.EMBEDDING,
+            attrs=EmbeddingAttrs(num_embeddings=config.vocab_size, dim=d),
         ), INPUT_ID)
+        if rows:
+            self.edge(rows, stream, EdgeKind.ADAPTER)
         if config.positional_encoding == "RoPE":
             rs = config.rope_scaling
             rope = self.add(OpNode(
@@ -226,12 +241,16 @@ class _GraphBuilder:
         config = self.config
         d, tied = config.d_model, config.tie_word_embeddings
         normed = self.norm("model.norm", stream, None, "final")
+        rows = None if tied else self.token_rows("lm_head")
         logits = self.add(OpNode(
-            id="lm_head", op=OpType.LM_HEAD, in_shapes=(self.hidden,), out_shape=shape("B", "T", config.vocab_size),
+            id="lm_head", op=OpType.LM_HEAD, in_shapes=(self.hidden,) + ((node(self.graph, rows).out_shape,) if rows else ()),
+            out_shape=shape("B", "T", config.vocab_size),
             params=0 if tied else config.vocab_size * d, flops=2 * d * config.vocab_size,
             role=ParamRole.EMBEDDING if tied else ParamRole.HEAD, tied_to="model.embed_tokens" if tied else None,
             attrs=LMHeadAttrs(in_features=d, out_features=config.vocab_size, tied=tied, weight_elements=config.vocab_size * d),
         ), normed)
+        if rows:
+            self.edge(rows, logits, EdgeKind.ADAPTER)
         outputs = [logits]
         if aux_sources:
             assert config.moe is not None

@@ -35,6 +35,7 @@ class OpType(StrEnum):
     AUX_LOSS = "aux_loss"
     LM_HEAD = "lm_head"
     LORA = "lora"
+    TOKEN_ROWS = "token_rows"  # trainable rows of the frozen embedding / head (LoRA trainable tokens)
     OUTPUT = "output"
 
 
@@ -139,6 +140,13 @@ class LoRAAttrs:
 
 
 @dataclass(frozen=True)
+class TokenRowsAttrs:
+    token_ids: tuple[int, ...]  # the rows that train
+    dim: int
+    target: str  # id of the embedding or head whose rows these replace
+
+
+@dataclass(frozen=True)
 class AttentionAttrs:
     n_heads: int
     n_kv_heads: int
@@ -201,7 +209,7 @@ class OutputAttrs:
     pass
 
 
-OpAttrs = (InputAttrs | EmbeddingAttrs | RopeAttrs | NormAttrs | LinearAttrs | LoRAAttrs | AttentionAttrs | AddAttrs
+OpAttrs = (InputAttrs | EmbeddingAttrs | RopeAttrs | NormAttrs | LinearAttrs | LoRAAttrs | TokenRowsAttrs | AttentionAttrs | AddAttrs
            | GLUAttrs | RouterAttrs | MoECombineAttrs | AuxLossAttrs | LMHeadAttrs | OutputAttrs)
 
 ATTRS_OF: dict[OpType, type] = {
@@ -209,7 +217,7 @@ ATTRS_OF: dict[OpType, type] = {
     OpType.ROPE: RopeAttrs, OpType.RMSNORM: NormAttrs, OpType.LAYERNORM: NormAttrs, OpType.LINEAR: LinearAttrs,
     OpType.LORA: LoRAAttrs, OpType.ATTENTION: AttentionAttrs, OpType.ADD: AddAttrs, OpType.GLU: GLUAttrs,
     OpType.ROUTER: RouterAttrs, OpType.MOE_COMBINE: MoECombineAttrs, OpType.AUX_LOSS: AuxLossAttrs,
-    OpType.LM_HEAD: LMHeadAttrs, OpType.OUTPUT: OutputAttrs,
+    OpType.LM_HEAD: LMHeadAttrs, OpType.OUTPUT: OutputAttrs, OpType.TOKEN_ROWS: TokenRowsAttrs,
 }
 
 

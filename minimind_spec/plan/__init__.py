@@ -7,8 +7,8 @@ Front end: no torch, no data read, so `train --plan` starts as fast as `validate
 
 from .build import attention_backend, build_plan, decide_precision, enabled_stages, with_throughput
 from .estimates import BYTES_PER_TOKEN, OPTIMIZER_STATE_BYTES
-from .model import DeviceFacts, MemoryEstimate, PlanInputs, Precision, ReferenceMode, StagePlan, TrainingPlan
+from .model import BaseQuant, DeviceFacts, MemoryEstimate, PlanInputs, Precision, ReferenceMode, StagePlan, TrainingPlan
 
-__all__ = ["BYTES_PER_TOKEN", "OPTIMIZER_STATE_BYTES", "DeviceFacts", "MemoryEstimate", "PlanInputs", "Precision",
+__all__ = ["BYTES_PER_TOKEN", "OPTIMIZER_STATE_BYTES", "BaseQuant", "DeviceFacts", "MemoryEstimate", "PlanInputs", "Precision",
            "ReferenceMode", "StagePlan", "TrainingPlan", "attention_backend", "build_plan", "decide_precision", "enabled_stages",
            "with_throughput"]

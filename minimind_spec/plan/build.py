@@ -3,11 +3,13 @@
 Which stages run: the registry's order (`stages.STAGES`), each kind the spec enables (pretraining
 unless `--init` supplies a base), or exactly the `--stage` kinds. For each stage, from the
 resolved spec (its per-stage settings carry their provenance) and the command line:
-- what trains: the whole base, or under LoRA the adapters of the post-training stages;
+- what trains: the whole base, or under LoRA the adapters of the post-training stages (with
+  `techniques.quant`, QLoRA: those stages hold the frozen base's projections in NF4);
 - the objective (the registry builds it from the training config) and the frozen model: the
   distillation teacher, or the DPO reference as a frozen copy, the policy with its untrained
   adapters disabled, or log-probs precomputed once (`--precompute-ref`, and whenever the input
-  model's adapters may have been trained: disabling them would not give the input model);
+  model's adapters may have been trained: disabling them would not give the input model); a
+  stage that samples its sequences (GRPO) cannot precompute, so there a frozen copy;
 - the precision the device can run the spec's dtype in (or why it cannot);
 - the batch split over processes and micro-batches (a memory knob: the loss is summed and
   divided once by the step's count, so it changes nothing else);
@@ -28,9 +30,10 @@ from ..errors import InputError, Problem, SpecError
 from ..graph import BASE_ROLES, Costs, ParamRole, build_graph, graph_costs, params_with_roles
 from ..graph.declared import lora_declared_problems
 from ..model_files import find_model
+from ..objectives import GRPOObjective, ObjectiveSettings
 from ..stages import STAGES, FrozenModel, StageDefinition, StageKind, stage
-from .estimates import estimated_steps, flops_per_token, memory_estimate, sequences_per_row
-from .model import DeviceFacts, PlanInputs, Precision, ReferenceMode, StagePlan, TrainingPlan
+from .estimates import base_quant, estimated_steps, flops_per_token, memory_estimate, sequences_per_row
+from .model import BaseQuant, DeviceFacts, PlanInputs, Precision, ReferenceMode, StagePlan, TrainingPlan
 
 NO_DECAY_ROLES = frozenset({ParamRole.NORM, ParamRole.EMBEDDING})
 
@@ -91,17 +94,32 @@ def _roles(context: _Context, definition: StageDefinition) -> frozenset[ParamRol
     return frozenset({ParamRole.LORA}) if context.lora and definition.adapter_mode else BASE_ROLES
 
 
+def _base_quant(context: _Context, roles: frozenset[ParamRole]) -> BaseQuant | None:
+    """QLoRA: the frozen base in NF4, in a stage that trains only the adapters (a stage training the base cannot)."""
+    quant = context.training.quant
+    return base_quant(context.graph, quant) if quant is not None and roles == {ParamRole.LORA} else None
+
+
+def _quant_warnings(context: _Context, roles: frozenset[ParamRole]) -> tuple[str, ...]:
+    if context.training.quant is None or roles == {ParamRole.LORA}:
+        return ()
+    return ("techniques.quant: this stage trains the base, so it stays at full precision here; only the stages that train "
+            "the LoRA adapters alone hold it in NF4",)
+
+
 def _reference_mode(context: _Context, definition: StageDefinition, earlier: list[StagePlan]) -> ReferenceMode | None:
     """The DPO reference's form: see the module docstring."""
     if definition.frozen != FrozenModel.REFERENCE:
         return None
-    if context.inputs.precompute_ref:
+    if context.inputs.precompute_ref and not definition.samples:
         return ReferenceMode.PRECOMPUTED
     if not (context.lora and definition.adapter_mode):
         return ReferenceMode.COPY
     trained_before = any(str(ParamRole.LORA) in plan.trainable_roles for plan in earlier)
     init_has_adapters = not earlier and context.inputs.init is not None and _init_has_adapters(context.inputs.init)
-    return ReferenceMode.PRECOMPUTED if trained_before or init_has_adapters else ReferenceMode.ADAPTERS_OFF
+    if trained_before or init_has_adapters:  # sampled sequences (GRPO) cannot be precomputed: a frozen copy
+        return ReferenceMode.COPY if definition.samples else ReferenceMode.PRECOMPUTED
+    return ReferenceMode.ADAPTERS_OFF
 
 
 def _init_has_adapters(init: Path) -> bool:
@@ -143,8 +161,17 @@ def _frozen(context: _Context, definition: StageDefinition, reference: Reference
     return None, 0, None, None
 
 
+def _objective_blocked(objective: ObjectiveSettings, settings: StageSettings) -> tuple[str | None, str | None]:
+    """(why the objective cannot run with the stage's settings, what fixes it): a GRPO completion needs room in seq_len."""
+    if isinstance(objective, GRPOObjective) and objective.max_new_tokens >= settings.seq_len:
+        return (f"max_new_tokens {objective.max_new_tokens} leaves no room for a prompt in the stage's seq_len {settings.seq_len} "
+                "(prompt + completion)", "techniques.grpo.max_new_tokens, or techniques.grpo.seq_len")
+    return None, None
+
+
 def _blocked(context: _Context, definition: StageDefinition, frozen_blocked: tuple[str | None, str | None],
-             precision_refused: str | None, upstream: str | None) -> tuple[str | None, str | None]:
+             precision_refused: str | None, upstream: str | None,
+             objective_blocked: tuple[str | None, str | None] = (None, None)) -> tuple[str | None, str | None]:
     data = context.inputs.data.get(definition.kind)
     if data is None:
         return "no data", f"{definition.data_flag} FILE"
@@ -154,6 +181,8 @@ def _blocked(context: _Context, definition: StageDefinition, frozen_blocked: tup
         return frozen_blocked
     if precision_refused is not None:
         return precision_refused, "hyperparams.dtype"
+    if objective_blocked[0] is not None:
+        return objective_blocked
     if upstream is not None:
         return f"its input model comes from the blocked stage '{upstream}'", f"--init CKPT, or unblock '{upstream}'"
     return None, None
@@ -187,6 +216,9 @@ def _warnings(context: _Context, definition: StageDefinition, settings: StageSet
         advice = f"its recipe is {recipe.value:g} ({recipe.anchor}); " if recipe is not None else ""
         warnings.append(f"the {definition.kind} stage's lr {settings.lr:g} ({provenance['lr']}) is above {ceiling.value:g} "
                         f"({ceiling.anchor}): {advice}set techniques.{definition.kind}.lr to give the stage its own")
+    if definition.samples and context.inputs.precompute_ref:
+        warnings.append(f"--precompute-ref does not apply to the {definition.kind} stage: it samples its completions while "
+                        "it trains, so its reference runs beside the policy")
     if first and context.inputs.init is None and definition.adapter_mode and context.lora:
         warnings.append("trains LoRA adapters on a randomly initialised base (no --init and no pretraining stage before "
                         "it): the frozen base knows nothing, so the adapters can learn little")
@@ -202,16 +234,27 @@ def _stage(context: _Context, definition: StageDefinition, earlier: list[StagePl
     roles = _roles(context, definition)
     provenance["trainable_roles"] = (f"{resolved.provenance.get('model.lora.enabled', 'spec')} (adapter mode of post-training)"
                                      if roles == {ParamRole.LORA} else "default (the whole base model)")
+    if roles == {ParamRole.LORA} and resolved.model.lora is not None:  # which token rows train beside the adapters, and why
+        provenance["trainable_tokens"] = (f"{list(resolved.model.lora.trainable_tokens)}: "
+                                          f"{resolved.provenance.get('model.lora.trainable_tokens', 'default')}")
     costs: Costs = costs_by_roles.setdefault(roles, graph_costs(context.graph, resolved.model, roles))
+    quant = _base_quant(context, roles)
+    if quant is not None:
+        provenance["base_quant"] = resolved.provenance["training.quant.scheme"]
     micro, accumulation = _batch_split(settings, inputs.processes)
     reference = _reference_mode(context, definition, earlier)
     frozen, frozen_params, *frozen_blocked = _frozen(context, definition, reference)
     precision, refused = decide_precision(resolved.model.dtype, inputs.device)
     attention, attention_note = attention_backend(resolved.model.attention_backend, inputs.device, precision)
     upstream = next((p.kind for p in earlier if p.blocked is not None), None)
-    blocked, unblock = _blocked(context, definition, (frozen_blocked[0], frozen_blocked[1]), refused, upstream)
+    objective = definition.objective(resolved.training)
+    blocked, unblock = _blocked(context, definition, (frozen_blocked[0], frozen_blocked[1]), refused, upstream,
+                                _objective_blocked(objective, settings))
+    if blocked is None and quant is not None and inputs.fsdp and inputs.processes > 1:
+        blocked, unblock = "QLoRA under FSDP is not supported (the NF4 base is not sharded)", "drop --fsdp (DDP runs it)"
     data = inputs.data.get(kind)
-    sequences = sequences_per_row(definition.rows)
+    group = objective.num_generations if isinstance(objective, GRPOObjective) else 1
+    sequences = sequences_per_row(definition.rows, group)
     steps = estimated_steps(settings.max_steps, settings.epochs, data, settings.batch_size * sequences * settings.seq_len)
     tokens = steps * settings.batch_size * sequences * settings.seq_len if steps is not None else None
     frozen_forward = (costs.flops_per_token if reference == ReferenceMode.COPY
@@ -228,7 +271,8 @@ def _stage(context: _Context, definition: StageDefinition, earlier: list[StagePl
         trainable_params=costs.trainable_params, total_params=costs.total_params, active_params=costs.active_params_per_token,
         declared=tuple(f"{p.path}: {p.message}" for p in lora_declared_problems(resolved, costs.trainable_params, costs.total_params))
         if roles == {ParamRole.LORA} else (),
-        objective=definition.objective(resolved.training), count_unit=definition.count_unit, frozen_model=frozen,
+        base_quant=quant,
+        objective=objective, count_unit=definition.count_unit, frozen_model=frozen,
         reference=reference, teacher=inputs.teacher if definition.frozen == FrozenModel.TEACHER else None,
         evaluation=definition.evaluation, optimizer=optim.optimizer, betas=optim.betas, weight_decay=settings.weight_decay,
         decay_params=costs.trainable_params - no_decay, no_decay_params=no_decay, lr=settings.lr, scheduler=optim.scheduler,
@@ -238,10 +282,10 @@ def _stage(context: _Context, definition: StageDefinition, earlier: list[StagePl
         seq_len=settings.seq_len, epochs=settings.epochs, max_steps=settings.max_steps, tokens=tokens,
         train_flops=tokens * per_token if tokens is not None else None,
         memory=memory_estimate(resolved.model, costs, optim.optimizer, micro, settings.seq_len, definition.rows,
-                               frozen_params, inputs.processes if inputs.fsdp else 1),
+                               frozen_params, inputs.processes if inputs.fsdp else 1, group, quant),
         wall_seconds=tokens / inputs.tokens_per_s if tokens is not None and inputs.tokens_per_s else None,
         tokens_per_s=inputs.tokens_per_s, throughput_source="cli: --tokens-per-s" if inputs.tokens_per_s else None,
-        warnings=_warnings(context, definition, settings, provenance, steps, not earlier),
+        warnings=_warnings(context, definition, settings, provenance, steps, not earlier) + _quant_warnings(context, roles),
         blocked=blocked, unblock=unblock, provenance=provenance,
     )
 

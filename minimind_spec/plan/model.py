@@ -72,11 +72,29 @@ class PlanInputs:
 
 
 @dataclass(frozen=True)
+class BaseQuant:
+    """QLoRA in a stage: the frozen base's decoder projections held in NF4 (`techniques.quant`)."""
+
+    scheme: str  # "nf4"
+    matrices: int  # projection weights quantised (q/k/v/o/gate/up/down of every layer, experts included)
+    params: int  # their weights
+    bytes: int  # what they are stored in: 4-bit codes, 8-bit block scales, fp32 group factors
+
+    @property
+    def fp32_bytes(self) -> int:
+        return 4 * self.params
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes / self.fp32_bytes if self.params else 0.0
+
+
+@dataclass(frozen=True)
 class MemoryEstimate:
     """Peak memory of one process. With FSDP the weights, gradients and optimizer state are 1/shards
     of the model's (one layer's full weights, gathered in turn, are not counted)."""
 
-    weights: int
+    weights: int  # fp32; under QLoRA the base's projections at their NF4 bytes
     gradients: int
     optimizer: int
     activations: int
@@ -104,6 +122,7 @@ class StagePlan:
     total_params: int
     active_params: int  # parameters one token passes through (MoE: its top-k experts)
     declared: tuple[str, ...]  # the spec's declared trainable numbers the stage contradicts (LoRA)
+    base_quant: BaseQuant | None  # QLoRA: the frozen base in NF4 while the adapters train; None: full precision
     # objective
     objective: ObjectiveSettings
     count_unit: str  # what the step's loss sum is divided by
@@ -162,7 +181,10 @@ class StagePlan:
                 "weight_decay", "lr", "scheduler", "warmup", "min_lr_ratio", "grad_clip", "precision", "batch_size",
                 "seq_len", "epochs", "max_steps")
         values = asdict(self)
-        return {key: _json_value(values[key]) for key in keys}
+        decided = {key: _json_value(values[key]) for key in keys}
+        if self.base_quant is not None:  # only when set: stages recorded before QLoRA existed resume unchanged
+            decided["base_quant"] = self.base_quant.scheme
+        return decided
 
 
 def _json_value(value: Any) -> Any:

@@ -109,7 +109,8 @@ def stage_setup(spec, kind, data, run_dir, *, variant=None, seed=0, inputs=None,
     model = compile_graph(graph, seed=seed)
     set_trainable(model, graph, {ParamRole(r) for r in planned.trainable_roles})
     precision = PrecisionRuntime(planned.precision, "cpu")
-    parts = build_stage(StageInputs(planned, model, cache, tokenizer.pad_id, "cpu", precision, resolved.model.moe is not None))
+    parts = build_stage(StageInputs(planned, model, cache, tokenizer.pad_id, "cpu", precision, resolved.model.moe is not None,
+                                    tokenizer))
     settings = LoopSettings(run_dir / kind, eval_every=0, save_every=2, progress=False)
     return graph, model, planned, parts, settings
 

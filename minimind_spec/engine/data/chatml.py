@@ -135,6 +135,16 @@ def encode_conversation(tokenizer: ChatTokenizer, conversation: Conversation, ma
     return _finish(ids, labels, [part.reasoning for part in owners], max_length)
 
 
+def encode_prompt(tokenizer: ChatTokenizer, conversation: Conversation, max_length: int | None = None) -> Encoded:
+    """Ids of a GRPO prompt's turns (no generation prompt, nothing trained); over `max_length`, its last
+    `max_length` tokens: a prompt keeps its end, the turn the model answers."""
+    ids = tokenizer.encode(render(conversation, chat_format=tokenizer.chat_format))
+    truncated = max_length is not None and len(ids) > max_length
+    if max_length is not None:
+        ids = ids[max(0, len(ids) - max_length):]
+    return Encoded(tuple(ids), (IGNORE_INDEX,) * len(ids), (False,) * len(ids), truncated)
+
+
 def encode_document(tokenizer: ChatTokenizer, text: str, max_length: int | None = None) -> Encoded:
     ids = [tokenizer.bos_id, *tokenizer.encode(text), tokenizer.eos_id]
     return _finish(ids, list(ids), [False] * len(ids), max_length)

@@ -13,6 +13,8 @@
   A null field counts as absent (the way Hugging Face `datasets` writes missing keys back out).
 - preference pairs: `{"chosen": ..., "rejected": ...}`, each a plain string (the card's
   `pair_format`) or a conversation list.
+- GRPO prompts: `{"conversations": [turn, ...], "answer": "..."}`: the turns end with the user turn
+  the model answers; the answer (a string, or a number read as its JSON text) is what the rewards check.
 
 Dicts stop here: `read_records` yields typed records with their line numbers, parsed the way
 MiniMind's chat template reads the fields (inline reasoning is split off exactly as the template
@@ -87,7 +89,15 @@ class PreferencePair:
     rejected: str | Conversation
 
 
-Record = Document | Conversation | PreferencePair
+@dataclass(frozen=True)
+class Prompt:
+    """A GRPO prompt: the conversation so far (ending with a user turn) and the reference answer its rewards check."""
+
+    conversation: Conversation
+    answer: str
+
+
+Record = Document | Conversation | PreferencePair | Prompt
 
 
 @dataclass
@@ -220,6 +230,8 @@ def parse_record(data: Any, kind: RecordKind) -> Record:
         if not any(turn.role == "assistant" for turn in conversation.turns):
             raise ValueError("the conversation has no assistant turn: nothing to train on")
         return conversation
+    if kind == "prompt":
+        return _prompt(data)
     sides: list[str | Conversation] = []
     for key in ("chosen", "rejected"):
         value = data.get(key)
@@ -230,6 +242,19 @@ def parse_record(data: Any, kind: RecordKind) -> Record:
         else:
             raise ValueError(f'a preference record needs "{key}" as a string or a conversation list')
     return PreferencePair(*sides)
+
+
+def _prompt(data: dict[str, Any]) -> Prompt:
+    if "conversations" not in data:
+        raise ValueError('a prompt record needs "conversations" (the turns the model answers)')
+    conversation = _conversation(data["conversations"], "conversations")
+    last = conversation.turns[-1].role
+    if last not in ("user", "tool"):
+        raise ValueError(f"the conversation ends with a {last} turn; a prompt ends with the user turn the model answers")
+    answer = data.get("answer")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise ValueError('a prompt record needs "answer" as a string or a number (the reference the rewards check)')
+    return Prompt(conversation, answer if isinstance(answer, str) else json.dumps(answer))
 
 
 def decode_line(raw: bytes, line_no: int) -> str:

@@ -11,6 +11,8 @@ format, so a changed file or tokenizer never reuses a stale cache. It holds:
 - `meta.json`: counts (samples, tokens, truncated samples, skipped lines with their numbers).
 A preference pair is two samples, chosen (2i) then rejected (2i + 1); a pair where either side
 keeps no response token within the length cap is a bad line (skipped with `skip_bad_lines`).
+A GRPO prompt is one sample, its turns without a generation prompt (the stage adds it), nothing
+trained; a prompt over the length cap keeps its end (the turn the model answers).
 The file is read as a stream of raw lines in chunks and decoded, parsed and tokenized by worker
 processes (`records.parse_line`: a UTF-8 byte-order mark at the start is dropped, a line that is
 not UTF-8 is a bad line), chunk results written in order, so peak memory does not grow with
@@ -34,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .chatml import IGNORE_INDEX, encode_conversation, encode_document
-from .records import Conversation, DataError, Document, PreferencePair, RecordKind, parse_line
+from .chatml import IGNORE_INDEX, encode_conversation, encode_document, encode_prompt
+from .records import Conversation, DataError, Document, PreferencePair, Prompt, RecordKind, parse_line
 from .tokenizer import ChatTokenizer, load_tokenizer
 
 CACHE_FORMAT = 2  # 2: tool calls, inline reasoning and the tokenizer's chat format
@@ -121,6 +123,8 @@ def _encode_chunk(job: tuple[RecordKind, int, list[bytes], int | None, bool], to
                 continue
         elif isinstance(record, Document):
             sides = [encode_document(tokenizer, record.text, max_length)]
+        elif isinstance(record, Prompt):
+            sides = [encode_prompt(tokenizer, record.conversation, max_length)]
         else:
             assert isinstance(record, Conversation)
             sides = [encode_conversation(tokenizer, record, max_length)]

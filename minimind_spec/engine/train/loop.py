@@ -50,7 +50,7 @@ from .checkpoint import (CheckpointError, TrainState, read_optimizer_state, read
 from .monitors import expert_load
 from .optim import build_optimizer, lr_at
 from .precision import PrecisionRuntime
-from .stages import StageParts
+from .stages import StageParts, StoppingWatch
 
 
 class TrainingStopped(InputError):
@@ -92,6 +92,7 @@ class StageResult:
     evaluation: Evaluation | None  # the newest held-out evaluation of this run, with its step
     skipped_steps: int
     interrupted: bool
+    stopped_by: str | None  # a watch ended the stage early (its reason); the stage's model is saved as final
     resumed_from: int | None  # the checkpoint's step when the stage resumed
     checkpoint: Path
 
@@ -340,6 +341,12 @@ def _all_agree_to_stop(trainer: Trainer, asked: bool) -> bool:
     return distributed.sums([1.0 if asked else 0.0], trainer.world, trainer.settings.device)[0] > 0
 
 
+def _stop_reason(trainer: Trainer) -> str | None:
+    """Why a watch ends the stage now (DPO's `stop_on_collapse`), if one does."""
+    return next((watch.stop_reason for watch in trainer.parts.watches
+                 if isinstance(watch, StoppingWatch) and watch.stop_reason is not None), None)
+
+
 def _due(step: int, every: int, total: int, stopping: bool = False) -> bool:
     return bool(every) and (step % every == 0 or step == total or stopping)
 
@@ -351,12 +358,12 @@ def train_stage(plan: StagePlan, parts: StageParts, model: MiniMindForCausalLM, 
     state, resumed_from = restore(trainer)
     log = MetricsLog(settings.stage_dir / METRICS_FILE, enabled=trainer.world.is_main)
     log.keep_until(state.step)
-    bad, last_loss, evaluation, stopping = 0, None, None, False
+    bad, last_loss, evaluation, stopping, stopped_by = 0, None, None, False, None
     evaluates = trainer.world.is_main or trainer.sharded  # sharded, every rank takes part in the forward's gathers
     model.train()
     with interrupt_flag() as interrupt, _progress(trainer) as progress, log:
         task = progress.add_task("train", total=trainer.total_steps, completed=state.step, status="")
-        while state.step < trainer.total_steps and not stopping:
+        while state.step < trainer.total_steps and not stopping and stopped_by is None:
             started, lr = time.perf_counter(), lr_at(plan, state.step, trainer.total_steps)
             rows, state = next_rows(parts.data.train_rows, state, plan.batch_size, state.seed)  # the run's own order
             loss, metrics, tokens, norm = train_step(trainer, rows, lr)
@@ -375,14 +382,19 @@ def train_stage(plan: StagePlan, parts: StageParts, model: MiniMindForCausalLM, 
             for warning in row.warnings if trainer.world.is_main else ():
                 progress.console.print(f"[yellow]warning[/yellow]: {warning}")
             log.append(row)
-            if settings.checkpoints and _due(state.step, settings.save_every, trainer.total_steps, stopping):
+            reason = _stop_reason(trainer)
+            if _all_agree_to_stop(trainer, reason is not None):  # every process ends at the same step
+                stopped_by = reason or "another process's watch stopped the stage"
+                if trainer.world.is_main:
+                    progress.console.print(f"[red]stopping the stage[/red] (stop_on_collapse): {stopped_by}")
+            if settings.checkpoints and _due(state.step, settings.save_every, trainer.total_steps, stopping or bool(stopped_by)):
                 save(trainer, state)
             progress.update(task, completed=state.step, status=f"loss {loss:.4f}  lr {lr:.2e}  {row.tokens_per_s or 0:,.0f} tok/s")
     final = latest_checkpoint(settings.stage_dir)
     if settings.checkpoints and (final is None or read_state(final).step != state.step):
         save(trainer, state)
     distributed.barrier(trainer.world)
-    return StageResult(state.step, trainer.total_steps, last_loss, evaluation, state.skipped_steps, stopping,
+    return StageResult(state.step, trainer.total_steps, last_loss, evaluation, state.skipped_steps, stopping, stopped_by,
                        resumed_from, latest_checkpoint(settings.stage_dir) or settings.stage_dir)
 
 

@@ -1,5 +1,6 @@
 """Watches on a stage's per-step metrics that make the card's key risks visible while training:
-MoE load imbalance, and DPO divergence or a policy that does not move. Each `update(step, row)`
+MoE load imbalance, DPO divergence or a policy that does not move, and GRPO drift or a lack of
+learning signal. Each `update(step, row)`
 reads the step's `MetricsRow` and returns warnings (a line each, naming the step and what was
 seen); the loop prints them and stores them in the row. A stage factory builds its watches. A watch warns when its condition starts
 holding, not again while it keeps holding, nor within `window` steps of its last warning of
@@ -68,11 +69,15 @@ class ExpertLoadWatch:
 @dataclass
 class DPOWatch:
     """Warns when the reward margin diverges, when the chosen log-prob falls while the margin
-    grows (both likelihoods collapsing), or when the loss sits at ln 2 (the policy is not moving)."""
+    grows (both likelihoods collapsing), or when the loss sits at ln 2 (the policy is not moving).
+    With `stop_on_collapse`, divergence or collapse also sets `stop_reason`, and the loop ends the
+    stage there (saving its model) instead of training on."""
 
     window: int = 20
     margin_limit: float = 20.0  # |margin| beyond this (in reward units) counts as diverging
     flat_tolerance: float = 1e-3
+    stop_on_collapse: bool = False
+    stop_reason: str | None = None  # set once a stopping condition held (with stop_on_collapse)
     _margins: deque = field(default_factory=deque)
     _chosen: deque = field(default_factory=deque)
     _losses: deque = field(default_factory=deque)
@@ -96,7 +101,9 @@ class DPOWatch:
         if row.get("rewards/margins") is None or row.get("logps/chosen") is None:
             return []
         margin, chosen = float(row.get("rewards/margins")), float(row.get("logps/chosen"))
-        for queue, value in ((self._margins, margin), (self._chosen, chosen), (self._losses, row.loss)):
+        dpo_loss = row.get("dpo_loss")  # the preference term alone (the row's loss includes an RPO term)
+        for queue, value in ((self._margins, margin), (self._chosen, chosen),
+                             (self._losses, row.loss if dpo_loss is None else float(dpo_loss))):
             queue.append(value)
             if len(queue) > self.window:
                 queue.popleft()
@@ -114,4 +121,36 @@ class DPOWatch:
             flat = all(abs(v - math.log(2)) < self.flat_tolerance for v in self._losses)
             warnings += self._once("flat", flat, f"step {step}: the loss has stayed at ln 2 for {self.window} steps: "
                                                  "the policy is not moving away from the reference (check the lr)")
+        stopping = [w for w in warnings if "diverging" in w or "collapsing" in w]
+        if self.stop_on_collapse and self.stop_reason is None and stopping:
+            self.stop_reason = stopping[0]
+        return warnings
+
+
+@dataclass
+class GRPOWatch:
+    """Warns when the per-token KL to the reference grows past `kl_limit` (the policy is drifting: lower the
+    lr or raise beta), and when every group of completions has had equal rewards for `window` steps in a row
+    (advantages all 0: no learning signal)."""
+
+    window: int = 20
+    kl_limit: float = 1.0
+    _drifting: bool = False
+    _equal_steps: int = 0
+
+    def update(self, step: int, row: MetricsRow) -> list[str]:
+        kl, equal = row.get("kl"), row.get("frac_reward_zero_std")
+        if kl is None or equal is None:
+            return []
+        warnings = []
+        drifting = not math.isfinite(float(kl)) or float(kl) > self.kl_limit
+        if drifting and not self._drifting:
+            warnings.append(f"step {step}: the KL to the reference is {float(kl):.3g} per completion token, beyond "
+                            f"{self.kl_limit:g}: the policy is drifting (lower the lr or raise techniques.grpo.beta)")
+        self._drifting = drifting
+        self._equal_steps = self._equal_steps + 1 if float(equal) >= 1.0 else 0
+        if self._equal_steps == self.window:
+            warnings.append(f"step {step}: every group's completions have had equal rewards for {self.window} steps: no "
+                            "learning signal (prompts too hard or too easy for the model; check the reward rules, raise "
+                            "temperature or num_generations)")
         return warnings

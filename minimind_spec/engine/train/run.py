@@ -5,8 +5,9 @@ must be this run's directory (a new one, or one holding a run of the same model;
 model's run or unrelated files are refused unless `--force`); a resumed stage must have been
 trained with the same decisions (each change listed; `--force` resumes anyway). Then per stage:
 its token cache (built once, by rank 0; skipped lines and truncations counted), the model
-compiled from the graph with the previous stage's `final/` (or `--init`) loaded and the plan's
-trainable roles set, its parts from the stage registry's factory, the loop, and its result in
+compiled from the graph with the previous stage's `final/` (or `--init`) loaded, its base
+projections in NF4 where the plan says QLoRA (`engine/quantize.py`; saved dequantised), and the
+plan's trainable roles set, its parts from the stage registry's factory, the loop, and its result in
 `RUN_DIR/<stage>/final/` (model.safetensors, config.json, the tokenizer; under LoRA the adapters
 in PEFT's layout), written whole or not at all. Each stage directory also records the plan it
 ran (`plan.json`), every resolved value (`resolved.json`) and what the engine did
@@ -16,6 +17,7 @@ objects, the learning rates applied).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -41,9 +43,11 @@ from ...stages import STAGE_ORDER, RowLayout
 from ...stages import stage as stage_definition
 from ..compile import compile_graph
 from ..data.token_cache import TokenCache, build_token_cache
+from ..data.trainable_tokens import HISTORY_KEY, trained_stages
 from ..data.tokenizer import ChatTokenizer, load_tokenizer
 from ..export import load_weights_into, read_model_config
-from ..lora_io import write_adapter
+from ..lora_io import saved_module_tensors, write_adapter
+from ..quantize import quantize_base, quantized_base
 from ..model_io import staged_directory, write_tensors
 from ..trainability import set_trainable
 from ..writer import CONFIG_FILE, WEIGHTS_FILE, model_config_dict
@@ -176,24 +180,35 @@ def _token_cache(stage: StagePlan, tokenizer: ChatTokenizer, options: RunOptions
     return tokenized()
 
 
-def _input_model(graph: nx.DiGraph, stage: StagePlan, previous: Path | None, options: RunOptions, device: str) -> MiniMindForCausalLM:
-    """The stage's model: compiled from the graph, the previous stage's (or --init's) weights loaded, trainable roles set."""
+def _input_model(graph: nx.DiGraph, stage: StagePlan, previous: Path | None, options: RunOptions, device: str,
+                 modules_to_save: tuple[str, ...] = ()) -> MiniMindForCausalLM:
+    """The stage's model: compiled from the graph, the previous stage's (or --init's) weights loaded, the base in NF4
+    when the plan says so (QLoRA), trainable roles set."""
     model = compile_graph(graph, device=device, seed=options.seed)
     if previous is not None:
         source = find_model(previous)  # a base without LoRA starts the adapters fresh (B = 0: the base's outputs)
         load_weights_into(model, source.weights, fresh_adapters=read_model_config(source.config).model.lora is None)
-    set_trainable(model, graph, {ParamRole(role) for role in stage.trainable_roles})
+    if stage.base_quant is not None:
+        quantize_base(model, graph, stage.base_quant.scheme)
+    roles = {ParamRole(role) for role in stage.trainable_roles}
+    set_trainable(model, graph, roles)
+    if roles == {ParamRole.LORA} and modules_to_save:  # whole modules train beside the adapters
+        names = [name for name, _ in model.named_parameters()]
+        for name in saved_module_tensors(names, modules_to_save):
+            model.get_parameter(name).requires_grad_(True)
     return model
 
 
-def _write_final(stage_dir: Path, weights: dict[str, torch.Tensor], resolved: ResolvedSpec, tokenizer: ChatTokenizer) -> Path:
-    """The stage's finished model in `final/`, whole or not at all."""
+def _write_final(stage_dir: Path, weights: dict[str, torch.Tensor], resolved: ResolvedSpec, tokenizer: ChatTokenizer,
+                 history: tuple[str, ...]) -> Path:
+    """The stage's finished model in `final/`, whole or not at all; `history`: the stages that made it, in order."""
     final = stage_dir / FINAL
     try:
         with staged_directory(final) as staging:
             write_tensors(weights, staging / WEIGHTS_FILE)
             config = model_config_dict(resolved)
             config["minimind_spec"]["weights"] = WEIGHTS_FILE
+            config["minimind_spec"][HISTORY_KEY] = list(history)
             (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
             for name in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):
                 if (tokenizer.path.parent / name).is_file():
@@ -219,17 +234,19 @@ def _executed(stage: StagePlan, stage_dir: Path, result: StageResult, precision:
             "trainable_params": trainable, "peak_lr": peak if lrs else None, "first_lr": lrs[0] if lrs else None,
             "warmup": round(peak / lrs[0]) if reached and lrs[0] > 0 else None, "steps": result.steps,
             "total_steps": result.total_steps, "micro_batch": stage.micro_batch, "grad_accumulation": stage.grad_accumulation,
-            "resumed_from": result.resumed_from}
+            "resumed_from": result.resumed_from, "stopped_by": result.stopped_by}
 
 
 def _run_stage(resolved: ResolvedSpec, graph: nx.DiGraph, plan: TrainingPlan, stage: StagePlan, options: RunOptions,
                device: str, tokenizer: ChatTokenizer, previous: Path | None, world: distributed.World) -> StageResult:
     stage_dir = options.out / stage.kind
     cache = _token_cache(stage, tokenizer, options, world)
-    model = _input_model(graph, stage, previous, options, device)
+    model = _input_model(graph, stage, previous, options, device,
+                         resolved.model.lora.modules_to_save if resolved.model.lora is not None else ())
     trainable = trainable_count(model)
     precision = PrecisionRuntime(stage.precision, device)
-    parts = build_stage(StageInputs(stage, model, cache, tokenizer.pad_id, device, precision, resolved.model.moe is not None))
+    parts = build_stage(StageInputs(stage, model, cache, tokenizer.pad_id, device, precision, resolved.model.moe is not None,
+                                    tokenizer))
     if world.is_main:
         _write_stage_records(stage_dir, resolved, plan, stage, options.seed)
         checkpoint = latest_checkpoint(stage_dir)
@@ -237,6 +254,10 @@ def _run_stage(resolved: ResolvedSpec, graph: nx.DiGraph, plan: TrainingPlan, st
             _say(f"resuming stage {stage.kind} from step {int(checkpoint.name.split('-')[1])} ({checkpoint})")
         for line in (parts.data.summary, *parts.notes):
             _say(f"{stage.kind}: {line}")
+        quantized = quantized_base(model, graph)
+        if quantized is not None:
+            _say(f"{stage.kind}: base in NF4: {quantized.bytes / 2**20:,.2f} MiB for {quantized.params:,} weights of "
+                 f"{quantized.matrices} projections ({quantized.ratio:.3f} x fp32), dequantised on the fly")
     distributed.barrier(world)
     settings = LoopSettings(stage_dir, device, options.seed, options.eval_every, options.save_every, options.keep,
                             compile=options.compile, fsdp=options.fsdp, progress=options.progress, resume=options.resume,
@@ -247,12 +268,15 @@ def _run_stage(resolved: ResolvedSpec, graph: nx.DiGraph, plan: TrainingPlan, st
     if world.is_main:
         plot_loss(stage_dir, f"{resolved.name}: {stage.kind}")
         write_tensorboard(stage_dir)
-        executed = _executed(stage, stage_dir, result, precision, parts.reference, trainable)
+        quantized = quantized_base(model, graph)
+        executed = {**_executed(stage, stage_dir, result, precision, parts.reference, trainable),
+                    "base_quant": dataclasses.asdict(quantized) if quantized is not None else None}
         write_text_atomic(stage_dir / EXECUTED_FILE, json.dumps(executed, indent=2) + "\n")
     if not result.interrupted and (world.is_main or sharded):
         weights, _ = distributed.full_state(model, None, sharded)  # sharded: every rank helps gather
         if world.is_main:
-            _write_final(stage_dir, weights, resolved, tokenizer)
+            before = (trained_stages(previous) or ()) if previous is not None else ()
+            _write_final(stage_dir, weights, resolved, tokenizer, (*before, str(stage.kind)))
     distributed.barrier(world)
     return result
 

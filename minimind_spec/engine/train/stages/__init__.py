@@ -8,8 +8,10 @@ kind maps to the factory that builds its `StageParts` (data, pure objective, wat
 from __future__ import annotations
 
 from ....stages import StageKind
-from .base import ObjectiveOutput, StageData, StageFactory, StageInputs, StageParts, Watch, held_out_split
+from .base import (ObjectiveOutput, StageData, StageFactory, StageInputs, StageParts, StoppingWatch, Watch,
+                   held_out_split)
 from .distillation import distillation_stage
+from .grpo import grpo_stage
 from .language_model import language_model_stage
 from .preference import preference_stage
 
@@ -18,6 +20,7 @@ FACTORIES: dict[StageKind, StageFactory] = {
     StageKind.SFT: language_model_stage,
     StageKind.DISTILL: distillation_stage,
     StageKind.DPO: preference_stage,
+    StageKind.GRPO: grpo_stage,
 }
 
 
@@ -26,5 +29,5 @@ def build_stage(inputs: StageInputs) -> StageParts:
     return FACTORIES[inputs.plan.kind](inputs)
 
 
-__all__ = ["FACTORIES", "ObjectiveOutput", "StageData", "StageFactory", "StageInputs", "StageParts", "Watch", "build_stage",
-           "held_out_split"]
+__all__ = ["FACTORIES", "ObjectiveOutput", "StageData", "StageFactory", "StageInputs", "StageParts", "StoppingWatch", "Watch",
+           "build_stage", "held_out_split"]

@@ -8,7 +8,8 @@ changed afterwards:
   tokens, weighted tokens, pairs; known before the forward) and `(model, batch) ->
   ObjectiveOutput` (the loss *sum*, per-count metrics, MoE expert counts). The loop sums a
   step's micro-batches and processes and divides once by the step's total count;
-- `watches`: checks on each step's metrics row that return warnings (DPO collapse, MoE load);
+- `watches`: checks on each step's metrics row that return warnings (DPO collapse, MoE load); a
+  `StoppingWatch` can also end the stage (DPO's `stop_on_collapse`);
 - `reference`: the form of the DPO reference the factory built (None for other stages).
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from builders.model import MiniMindForCausalLM
 from ....metrics import MetricsRow
 from ....plan import ReferenceMode, StagePlan
 from ...data.token_cache import TokenCache
+from ...data.tokenizer import ChatTokenizer
 from ..precision import PrecisionRuntime
 
 EVAL_FRACTION = 0.05  # the last 5% of a stage's rows are held out ...
@@ -50,6 +52,13 @@ class Watch(Protocol):
     def update(self, step: int, row: MetricsRow) -> list[str]: ...  # warnings about this step, if any
 
 
+@runtime_checkable
+class StoppingWatch(Watch, Protocol):
+    """A watch that can end its stage: `stop_reason` is set once it should (the loop then saves and ends the stage)."""
+
+    stop_reason: str | None
+
+
 @dataclass(frozen=True)
 class StageData:
     train_rows: np.ndarray  # row indices trained on
@@ -70,6 +79,7 @@ class StageInputs:
     device: str
     precision: PrecisionRuntime
     moe: bool  # the model routes tokens to experts
+    tokenizer: ChatTokenizer | None = None  # the run's tokenizer (a stage that samples text decodes with it: GRPO)
 
 
 @dataclass(frozen=True)

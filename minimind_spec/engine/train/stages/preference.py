@@ -2,8 +2,12 @@
 
 A row is one pair: samples 2i (chosen) and 2i + 1 (rejected) of a preference token cache,
 whose trained mask covers the response tokens only; a batch pads them to its longest. A
-sequence's log-prob is the sum over its response tokens (the per-token mean for IPO). The
-loss sum is summed over pairs and its count is the pairs.
+sequence's log-prob is the sum over its response tokens (the per-token mean for IPO and with
+`length_normalized`). With `rpo_alpha`, each pair adds alpha x the chosen response's per-token
+NLL (RPO). trl's 'sft' term takes the mean over all chosen tokens of a batch; here it is each
+pair's own mean, so the loss does not depend on how a step is split into micro-batches (the two
+agree when the chosen responses have equal lengths). The loss sum is summed over pairs and its
+count is the pairs.
 
 The reference is the stage's input model, frozen, in the form the plan decided:
 - copy: a frozen copy of the input model (full fine-tuning);
@@ -29,6 +33,7 @@ from torch import nn
 from builders import adapters_disabled
 from builders.model import CausalLMOutput
 from builders.techniques import dpo_loss, sequence_log_probs
+from builders.techniques.causal_lm import IGNORE_INDEX, shift_labels
 
 from ....errors import InputError
 from ....objectives import PreferenceObjective
@@ -41,6 +46,11 @@ from .batches import PairBatch, collate_pairs
 def sequence_logps(model: nn.Module, batch: PairBatch, average: bool) -> tuple[torch.Tensor, CausalLMOutput]:
     out = model(batch.input_ids)  # logits (2B, T, V)
     return sequence_log_probs(out.logits, batch.labels, average=average).float(), out  # (2B,)
+
+
+def response_tokens(batch: PairBatch) -> torch.Tensor:
+    """(2B,) the number of response tokens of each sequence (the positions its log-prob sums over)."""
+    return (shift_labels(batch.labels) != IGNORE_INDEX).sum(dim=-1).clamp(min=1)
 
 
 class Reference(Protocol):
@@ -93,18 +103,24 @@ class DPOLoss:
         return float(batch.pairs)
 
     def __call__(self, model: nn.Module, batch: PairBatch) -> ObjectiveOutput:
-        average = self.settings.loss == "ipo"  # IPO is defined on length-normalised log-probs
-        reference = self.reference.log_probs(model, batch, average)  # (2B,)
-        policy, out = sequence_logps(model, batch, average)  # (2B,)
+        settings = self.settings
+        reference = self.reference.log_probs(model, batch, settings.averaged)  # (2B,)
+        summed, out = sequence_logps(model, batch, average=False)  # (2B,)
+        tokens = response_tokens(batch).to(summed.dtype)  # (2B,)
+        means = summed / tokens  # (2B,) per-token mean log-probs
+        policy = means if settings.averaged else summed  # (2B,)
         losses, chosen, rejected = dpo_loss(policy[0::2], policy[1::2], reference[0::2], reference[1::2],
-                                            self.settings.beta, self.settings.loss)
+                                            settings.beta, settings.loss)
+        nll = -means[0::2]  # (B,) the chosen responses' per-token NLL
+        total = losses + settings.rpo_alpha * nll if settings.rpo_alpha else losses  # (B,)
         metrics = {"dpo_loss": float(losses.detach().mean()), "rewards/chosen": float(chosen.mean()),
                    "rewards/rejected": float(rejected.mean()), "rewards/margins": float((chosen - rejected).mean()),
                    "rewards/accuracies": float((chosen > rejected).float().mean()),
-                   "logps/chosen": float(policy[0::2].detach().mean()), "logps/rejected": float(policy[1::2].detach().mean()),
+                   "logps/chosen": float(summed[0::2].detach().mean()), "logps/rejected": float(summed[1::2].detach().mean()),
+                   **({"nll_chosen": float(nll.detach().mean())} if settings.rpo_alpha else {}),
                    **balance_loss_metric(out.aux_loss, out.expert_counts)}
         aux = out.aux_loss * batch.pairs
-        return ObjectiveOutput(losses.sum() + aux, metrics, out.expert_counts)
+        return ObjectiveOutput(total.sum() + aux, metrics, out.expert_counts)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -149,8 +165,8 @@ def preference_stage(inputs: StageInputs) -> StageParts:
     elif mode == ReferenceMode.ADAPTERS_OFF:
         reference = AdaptersOff()
     elif mode == ReferenceMode.PRECOMPUTED:
-        reference = precompute(inputs, data, settings.loss == "ipo")
+        reference = precompute(inputs, data, settings.averaged)
     else:
         raise ValueError(f"a DPO stage needs a reference form; the plan gave {mode!r}")
-    watches = (DPOWatch(), *((ExpertLoadWatch(),) if inputs.moe else ()))
+    watches = (DPOWatch(stop_on_collapse=settings.stop_on_collapse), *((ExpertLoadWatch(),) if inputs.moe else ()))
     return StageParts(data, DPOLoss(settings, reference), watches, reference=reference.mode)
