@@ -142,3 +142,17 @@ def test_train_stage_grpo_from_an_sft_model_writes_the_named_metrics(workspace, 
     assert executed["precision"] == stage["precision"] and executed["trainable_params"] == stage["trainable_params"]
     assert executed["peak_lr"] == pytest.approx(stage["lr"], rel=1e-12)
     assert (executed["micro_batch"], executed["grad_accumulation"]) == (stage["micro_batch"], stage["grad_accumulation"]) == (2, 2)
+
+
+def test_the_watch_warns_on_drift_and_on_no_learning_signal():
+    from minimind_spec.engine.train.monitors import GRPOWatch
+    from minimind_spec.metrics import MetricsRow
+
+    def row(step, kl, equal):
+        return MetricsRow(step, 0.0, 1e-6, 0, None, None, values={"kl": kl, "frac_reward_zero_std": equal})
+
+    watch = GRPOWatch(window=3, kl_limit=0.5)
+    warnings = [watch.update(step, row(step, kl, equal)) for step, (kl, equal) in
+                enumerate([(0.1, 0.5), (0.9, 1.0), (0.95, 1.0), (0.2, 1.0), (0.2, 1.0), (0.7, 0.0)], 1)]
+    assert [len(w) for w in warnings] == [0, 1, 0, 1, 0, 1]  # drift at 2 (once while it lasts) and again at 6; no signal at 4
+    assert "drifting" in warnings[1][0] and "no learning signal" in warnings[3][0] and "drifting" in warnings[5][0]
