@@ -182,8 +182,8 @@ def test_the_held_out_loss_printed_is_labelled_with_its_step_when_older(capsys):
 
     stage = SimpleNamespace(kind="sft", trainable_roles=("lora",), trainable_params=10, total_params=100,
                             trainable_percent=10.0, declared=())
-    fresh = SimpleNamespace(interrupted=False, steps=40, last_loss=1.5, evaluation=Evaluation(40, 1.25, {}), skipped_steps=0)
-    older = SimpleNamespace(interrupted=True, steps=43, last_loss=1.4, evaluation=Evaluation(40, 1.25, {}), skipped_steps=0)
+    fresh = SimpleNamespace(interrupted=False, steps=40, last_loss=1.5, evaluation=Evaluation(40, 1.25, {}), skipped_steps=0, stopped_by=None)
+    older = SimpleNamespace(interrupted=True, steps=43, last_loss=1.4, evaluation=Evaluation(40, 1.25, {}), skipped_steps=0, stopped_by=None)
     print_results(SimpleNamespace(stages=(stage,)), [fresh], Path("run"))
     assert "held-out loss 1.2500;" in capsys.readouterr().out
     print_results(SimpleNamespace(stages=(stage,)), [older], Path("run"))
