@@ -1,29 +1,36 @@
-"""The technique blocks proved on a task: train a tiny MiniMind through the plan on two-step
+"""The technique blocks proved on a task: train a tiny MiniMind through the plan on three-step
 arithmetic word problems and measure, on held-out problems, what each technique does.
 
 One command, on a CPU:
 
-    python examples/reasoning/run.py [--out out/reasoning] [--seed 0] [--scale 1.0]
+    python examples/reasoning/run.py [--out out/reasoning] [--seeds 1] [--scale 1.0] [--quick]
 
-It writes the data (`make_data.py`), trains a tokenizer, then runs `minimind-spec train` for
-each arm below (every run an ordinary run directory), evaluates, and writes `results.md`,
-`results.json` and PNG loss curves into OUT. The student and teacher specs extend the card's
-(`spec/minimind.json`, `spec/larger_model.json`) with tiny dimensions.
+For each seed k (0 .. N-1) it writes the data with data seed k (`make_data.py`, into
+OUT/seed{k}/data), trains a tokenizer, then runs `minimind-spec train ... --seed k` for each arm
+below into OUT/seed{k}/runs/ARM (every run an ordinary run directory; a finished arm, one with a
+`.done` file, is not trained again), evaluates, and writes `results.md`, `results.json` and PNG
+curves (from seed 0's runs) into OUT. An arm that fails is recorded with the tail of its output
+and the rest go on; an arm whose stage or flag the installed CLI does not have yet is skipped,
+with a line saying so. `--quick` halves every arm's steps (about 15 minutes for one seed on two
+CPU cores); `--scale` multiplies them.
 
-| arm | what |
-|---|---|
-| base | student pretraining |
-| sft | base + full SFT |
-| dpo | sft + DPO (full, a frozen copy as reference) |
-| teacher | teacher pretraining + SFT (the larger spec) |
-| distill | base + distillation from the teacher, as many steps as sft |
-| lora | base + SFT of LoRA r=8 adapters on q_proj, v_proj (the card's recipe), as many steps as sft |
-| moe_aux / moe_no_aux | MoE student pretraining with and without the balance loss |
+| arm | what | evaluated on |
+|---|---|---|
+| base | student pretraining | eval |
+| sft | base + full SFT | eval, domain_eval |
+| dpo | sft + DPO (full; its settings from student.json techniques.dpo) | eval, held-out pairs |
+| teacher | the larger spec: pretraining + SFT | eval |
+| distill | base + distillation from the teacher, as many steps as sft | eval |
+| lora_plain | base + LoRA r=8 on q_proj, v_proj (the card's recipe), token embeddings frozen | eval |
+| lora_tokens | the same with the special tokens' embeddings trained (`--trainable-tokens auto`) | eval |
+| qlora | lora_tokens on an NF4 base (`student_qlora.json`) | eval |
+| domain_full | sft + full SFT on the money problems | domain_eval |
+| domain_lora | sft + LoRA r=8 on the money problems | domain_eval |
+| sft_short | base + a short SFT (the GRPO start) | eval |
+| grpo | sft_short + GRPO on grpo.jsonl | eval |
+| moe_aux / moe_no_aux | MoE student pretraining with and without the balance loss | expert load |
 
-Results (a)-(e): (a) SFT raises exact-match accuracy over the base; (b) DPO raises held-out
-preference accuracy and reward margin without losing SFT accuracy; (c) the distilled student
-beats the SFT student; (d) LoRA recovers most of full fine-tuning's gain; (e) the aux loss keeps
-expert load balanced. Each is reported with its numbers, whichever way it comes out.
+The results (a)-(g) and the verdict rule are in report.py.
 """
 
 from __future__ import annotations
@@ -31,244 +38,232 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from minimind_spec.engine.data.chatml import render  # noqa: E402
-from minimind_spec.engine.data.records import Conversation, Turn  # noqa: E402
+from measure import exact_match, expert_load, last_metric, pair_log_probs, preference  # noqa: E402
 from minimind_spec.engine.data.token_cache import build_token_cache  # noqa: E402
 from minimind_spec.engine.data.tokenizer import load_tokenizer  # noqa: E402
-from minimind_spec.engine.export import load_model  # noqa: E402
-from minimind_spec.model_files import find_model  # noqa: E402
-from minimind_spec.engine.train.stages.batches import collate_pairs  # noqa: E402
-from minimind_spec.metrics import read_metrics, series  # noqa: E402
-from builders.techniques import sequence_log_probs  # noqa: E402
+from plots import plot  # noqa: E402
+from report import DOMAIN_EVAL, MAIN_EVAL, report  # noqa: E402
 
-ANSWER = re.compile(r"The answer is (-?\d+)")
-DPO_BETA = 0.1  # the card's (spec/minimind.json techniques.dpo.beta)
+STEPS = {"pretrain": 600, "sft": 300, "dpo": 150, "teacher": 600, "moe": 300, "domain": 100, "sft_short": 200,
+         "grpo": 60}  # optimizer steps per arm at --scale 1
+LORA = ["--stage", "lora", "--lora-rank", "8", "--lora-targets", "q_proj,v_proj"]  # the card's recipe
 
 
-def train(out: Path, spec: str, name: str, *flags: str) -> Path:
-    """One `minimind-spec train` run into OUT/runs/NAME (skipped when it already finished)."""
-    run_dir = out / "runs" / name
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    spec: str
+    flags: tuple[str, ...]
+    after: tuple[str, ...] = ()  # arms it starts from: a failed or skipped one skips it
+    needs: tuple[str, ...] = ()  # command-line flags of `train` it uses that older versions do not have
+
+
+def arms(seed_dir: Path, steps: dict[str, str]) -> list[Arm]:
+    data, runs = seed_dir / "data", seed_dir / "runs"
+    pretrain, sft, domain = (("--pretrain-data", str(data / "pretrain.jsonl")), ("--sft-data", str(data / "sft.jsonl")),
+                             ("--sft-data", str(data / "domain_sft.jsonl")))
+    base, after_sft = ("--init", str(runs / "base" / "pretrain")), ("--init", str(runs / "sft"))
+    return [
+        Arm("base", "student.json", ("--stage", "pretrain", *pretrain, "--max-steps", steps["pretrain"])),
+        Arm("sft", "student.json", ("--stage", "sft", "--no-lora", *base, *sft, "--max-steps", steps["sft"]), ("base",)),
+        Arm("dpo", "student.json", ("--stage", "dpo", "--no-lora", *after_sft, "--dpo-data", str(data / "pairs.jsonl"),
+                                    "--max-steps", steps["dpo"]), ("sft",)),
+        Arm("teacher", "teacher.json", (*pretrain, *sft, "--max-steps", steps["teacher"])),
+        Arm("distill", "student.json", ("--stage", "distill", "--no-lora", *base, "--teacher", str(runs / "teacher"),
+                                        "--distill-data", str(data / "sft.jsonl"), "--max-steps", steps["sft"]),
+            ("base", "teacher")),
+        Arm("lora_plain", "student.json", (*LORA, *base, *sft, "--trainable-tokens", "none", "--max-steps", steps["sft"]),
+            ("base",), ("--trainable-tokens",)),
+        Arm("lora_tokens", "student.json", (*LORA, *base, *sft, "--trainable-tokens", "auto", "--max-steps", steps["sft"]),
+            ("base",), ("--trainable-tokens",)),
+        Arm("qlora", "student_qlora.json", (*LORA, *base, *sft, "--trainable-tokens", "auto", "--max-steps", steps["sft"]),
+            ("base",), ("--trainable-tokens",)),
+        Arm("domain_full", "student.json", ("--stage", "sft", "--no-lora", *after_sft, *domain, "--max-steps",
+                                            steps["domain"]), ("sft",)),
+        Arm("domain_lora", "student.json", (*LORA, *after_sft, *domain, "--trainable-tokens", "none", "--max-steps",
+                                            steps["domain"]), ("sft",), ("--trainable-tokens",)),
+        Arm("sft_short", "student.json", ("--stage", "sft", "--no-lora", *base, *sft, "--max-steps", steps["sft_short"]),
+            ("base",)),
+        Arm("grpo", "student.json", ("--stage", "grpo", "--no-lora", "--init", str(runs / "sft_short"), "--grpo-data",
+                                     str(data / "grpo.jsonl"), "--max-steps", steps["grpo"]), ("sft_short",),
+            ("--grpo-data",)),
+        Arm("moe_aux", "student.json", ("--variant", "MoE", "--stage", "pretrain", *pretrain, "--max-steps", steps["moe"])),
+        Arm("moe_no_aux", "student_moe_no_aux.json", ("--variant", "MoE", "--stage", "pretrain", *pretrain, "--max-steps",
+                                                      steps["moe"])),
+    ]
+
+
+def cli_flags() -> str:
+    """The installed `train` command's help text, to tell which flags it has."""
+    help_text = subprocess.run([sys.executable, "-m", "minimind_spec", "train", "--help"], capture_output=True, text=True,
+                               cwd=ROOT, env={**os.environ, "COLUMNS": "400", "NO_COLOR": "1"})
+    return help_text.stdout
+
+
+def train(seed_dir: Path, arm: Arm, seed: int) -> dict:
+    """One `minimind-spec train` run into SEED_DIR/runs/ARM, skipped when it already finished.
+    Returns {"status": "done" | "failed", "seconds", "tail"} (the output's last lines on failure)."""
+    run_dir = seed_dir / "runs" / arm.name
     done = run_dir / ".done"
     if done.is_file():
-        print(f"[{name}] already trained: {run_dir}")
-        return run_dir
-    command = [sys.executable, "-m", "minimind_spec", "train", str(HERE / spec), "--tokenizer", str(out / "tokenizer"),
-               "--out", str(run_dir), "--no-progress", "--eval-every", "100", "--save-every", "100", "--seed", "0", *flags]
-    if run_dir.exists():
-        command.append("--resume")
+        print(f"[seed {seed} {arm.name}] already trained: {run_dir}")
+        return {"status": "done", "seconds": float(done.read_text())}
+    command = [sys.executable, "-m", "minimind_spec", "train", str(HERE / arm.spec), "--tokenizer",
+               str(seed_dir / "tokenizer"), "--out", str(run_dir), "--no-progress", "--eval-every", "100",
+               "--save-every", "100", "--seed", str(seed), *arm.flags]
+    if any(run_dir.glob("*/checkpoints")):
+        command.append("--resume")  # an interrupted run continues
+    elif run_dir.exists():
+        command.append("--force")  # a run that failed before saving anything starts again
+    print(f"[seed {seed} {arm.name}] {' '.join(command[2:])}", flush=True)
     started = time.perf_counter()
-    print(f"[{name}] {' '.join(command[2:])}", flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
-    done.write_text(f"{time.perf_counter() - started:.1f}\n")
-    return run_dir
+    tail: deque[str] = deque(maxlen=25)
+    (seed_dir / "runs").mkdir(parents=True, exist_ok=True)
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process, \
+            open(seed_dir / "runs" / f"{arm.name}.log", "a", encoding="utf-8") as log:
+        for line in process.stdout:
+            print(f"  {line}", end="", flush=True)
+            log.write(line)
+            tail.append(line.rstrip())
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        print(f"[seed {seed} {arm.name}] FAILED (exit {process.returncode}); the other arms go on", flush=True)
+        return {"status": "failed", "seconds": seconds, "exit": process.returncode, "tail": "\n".join(tail)}
+    done.write_text(f"{seconds:.1f}\n")
+    return {"status": "done", "seconds": seconds}
 
 
-def metrics(run_dir: Path, stage: str) -> list:
-    return read_metrics(run_dir / stage / "metrics.jsonl")
+def prepare(seed_dir: Path, seed: int) -> None:
+    """The seed's data and tokenizer (kept when already written)."""
+    data = seed_dir / "data"
+    if not (data / "domain_eval.jsonl").is_file():
+        subprocess.run([sys.executable, str(HERE / "make_data.py"), str(data), "--seed", str(seed)], check=True)
+    if not (seed_dir / "tokenizer" / "tokenizer.json").is_file():
+        subprocess.run([sys.executable, "-m", "minimind_spec", "tokenizer", "train", str(data / "pretrain.jsonl"),
+                        str(data / "sft.jsonl"), str(data / "domain_sft.jsonl"), "--vocab-size", "384", "--out",
+                        str(seed_dir / "tokenizer")], check=True, cwd=ROOT)
 
 
-@torch.no_grad()
-def exact_match(model_path: Path, tokenizer, problems: list[dict], batch: int = 50) -> tuple[float, float]:  # noqa: ANN001
-    """(share of held-out problems whose greedy answer is right, share of answers in the trained format)."""
-    files = find_model(model_path)
-    model = load_model(files.config, files.weights).eval()
-    right = formatted = 0
-    for start in range(0, len(problems), batch):
-        chunk = problems[start:start + batch]
-        encoded = [tokenizer.encode(render(Conversation((Turn("user", p["prompt"]),)), add_generation_prompt=True))
-                   for p in chunk]
-        width = max(len(ids) for ids in encoded)
-        ids = torch.tensor([[tokenizer.pad_id] * (width - len(e)) + e for e in encoded])  # left-padded
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
-        output = model.generate(ids, attention_mask=mask, max_new_tokens=48, eos_token_id=tokenizer.eos_id,
-                                pad_token_id=tokenizer.pad_id)
-        for problem, row in zip(chunk, output[:, width:].tolist()):
-            text = tokenizer.decode([t for t in row if t not in (tokenizer.pad_id, tokenizer.eos_id)])
-            found = ANSWER.search(text)
-            formatted += found is not None
-            right += found is not None and int(found.group(1)) == problem["answer"]
-    return right / len(problems), formatted / len(problems)
+def train_seed(seed_dir: Path, seed: int, steps: dict[str, str], help_text: str) -> dict[str, dict]:
+    """Every arm of one seed; returns each arm's status."""
+    status: dict[str, dict] = {}
+    for arm in arms(seed_dir, steps):
+        missing = [flag for flag in arm.needs if flag not in help_text]
+        broken = [name for name in arm.after if status[name]["status"] != "done"]
+        if missing:
+            status[arm.name] = {"status": "skipped", "why": f"the installed `train` has no {', '.join(missing)}"}
+        elif broken:
+            status[arm.name] = {"status": "skipped", "why": f"{', '.join(broken)} did not train"}
+        else:
+            status[arm.name] = train(seed_dir, arm, seed)
+        if status[arm.name]["status"] == "skipped":
+            print(f"[seed {seed} {arm.name}] skipped: {status[arm.name]['why']}", flush=True)
+    return status
 
 
-@torch.no_grad()
-def pair_log_probs(model_path: Path, cache, pad_id: int) -> np.ndarray:  # noqa: ANN001
-    """(pairs, 2) summed log-probs of the chosen and rejected responses."""
-    files = find_model(model_path)
-    model = load_model(files.config, files.weights).eval()
-    pairs = np.arange(len(cache) // 2).tolist()
-    out = []
-    for start in range(0, len(pairs), 32):
-        batch = collate_pairs(cache, pairs[start:start + 32], pad_id, "cpu")
-        out.append(sequence_log_probs(model(batch.input_ids).logits, batch.labels).view(-1, 2).double().numpy())
-    return np.concatenate(out)
-
-
-def expert_cv(run_dir: Path, last: int = 50) -> tuple[float, float, float]:
-    """(mean load CV over the last steps, the worst layer's mean CV, the least-loaded expert's share of fair) ."""
-    rows = metrics(run_dir, "pretrain")[-last:]
-    per_layer = np.mean([row.get("expert_load_cv_per_layer") for row in rows], axis=0)
-    tokens = np.sum([row.get("expert_tokens") for row in rows], axis=0)  # (layers, E)
-    fair = tokens.sum(axis=1, keepdims=True) / tokens.shape[1]
-    return float(per_layer.mean()), float(per_layer.max()), float((tokens / fair).min())
-
-
-def plot(out: Path, runs: dict[str, Path]) -> list[Path]:
+def guarded(what: str, errors: dict[str, str], function, *args):  # noqa: ANN001, ANN202
+    """FUNCTION(*ARGS), or None with the error recorded under WHAT."""
     try:
-        import matplotlib
+        return function(*args)
+    except Exception as error:  # noqa: BLE001 - one broken measurement must not lose the others
+        errors[what] = f"{type(error).__name__}: {error}"
+        print(f"  could not measure {what}: {errors[what]}", flush=True)
+        return None
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no PNG plots (pip install matplotlib)")
-        return []
 
-    def curve(ax, run_dir, stage, key, label):  # noqa: ANN001, ANN202
-        ax.plot(*series(metrics(run_dir, stage), key), label=label)
+def evaluate_seed(seed_dir: Path, status: dict[str, dict]) -> dict:
+    """Every measurement of one seed's trained arms."""
+    runs, data = seed_dir / "runs", seed_dir / "data"
+    trained = {name for name, s in status.items() if s["status"] == "done"}
+    tokenizer = load_tokenizer(seed_dir / "tokenizer")
+    problems = [json.loads(line) for line in (data / "eval.jsonl").read_text().splitlines()]
+    domain = [json.loads(line) for line in (data / "domain_eval.jsonl").read_text().splitlines()]
+    errors: dict[str, str] = {}
+    result: dict = {"arms": status, "errors": errors}
+    result["eval"] = {name: guarded(f"{name} on eval", errors, exact_match, runs / name, tokenizer, problems)
+                      for name in MAIN_EVAL if name in trained}
+    result["domain_eval"] = {name: guarded(f"{name} on domain_eval", errors, exact_match, runs / name, tokenizer, domain)
+                             for name in DOMAIN_EVAL if name in trained}
+    if {"sft", "dpo"} <= trained:
+        cache = build_token_cache(data / "eval_pairs.jsonl", tokenizer, "preference", seed_dir / "cache", max_length=128)
+        resolved = json.loads((runs / "dpo" / "dpo" / "resolved.json").read_text())
+        logps = {name: guarded(f"{name} pair log-probs", errors, pair_log_probs, runs / name, cache, tokenizer.pad_id)
+                 for name in ("sft", "dpo")}
+        if all(v is not None for v in logps.values()):
+            result["dpo"] = preference(logps["sft"], logps["dpo"], float(resolved["training.dpo.beta"]))
+    if "grpo" in trained:
+        result["grpo_final_kl"] = last_metric(runs / "grpo", "kl")
+    if "qlora" in trained:
+        result["qlora_base_weight_bytes"] = qlora_bytes(runs / "qlora")
+    result["expert_load"] = {name: guarded(f"{name} expert load", errors, expert_load, runs / name)
+                             for name in ("moe_aux", "moe_no_aux") if name in trained}
+    return result
 
-    written = []
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
-    curve(axes[0], runs["base"], "pretrain", "loss", "pretrain loss")
-    curve(axes[1], runs["sft"], "sft", "loss", "full SFT")
-    curve(axes[1], runs["lora"], "sft", "loss", "LoRA r=8 (q_proj, v_proj)")
-    curve(axes[1], runs["distill"], "distill", "lm_loss", "distilled student (label CE)")
-    curve(axes[2], runs["dpo"], "dpo", "rewards/margins", "DPO reward margin")
-    curve(axes[2], runs["dpo"], "dpo", "rewards/accuracies", "DPO reward accuracy")
-    curve(axes[3], runs["dpo"], "dpo", "logps/chosen", "log p(chosen)")
-    curve(axes[3], runs["dpo"], "dpo", "logps/rejected", "log p(rejected)")
-    titles = ("student pretraining", "fine-tuning: loss on the SFT data", "DPO (beta 0.1): rewards",
-              "DPO: response log-probs of the policy")
-    for ax, title in zip(axes, titles):
-        ax.set_title(title), ax.set_xlabel("step"), ax.legend(), ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "losses.png", dpi=110)
-    written.append(out / "losses.png")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    curve(ax, runs["moe_aux"], "pretrain", "expert_load_cv", "with aux loss")
-    curve(ax, runs["moe_no_aux"], "pretrain", "expert_load_cv", "without aux loss")
-    ax.set_title("MoE expert-load CV (mean over layers)"), ax.set_xlabel("step"), ax.legend(), ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "expert_load.png", dpi=110)
-    written.append(out / "expert_load.png")
-    plt.close("all")
-    return written
+
+def qlora_bytes(run_dir: Path) -> int | None:
+    """The QLoRA run's frozen base weight bytes, if its plan.json or executed.json records them (else None)."""
+    for path in sorted(run_dir.glob("*/executed.json")) + sorted(run_dir.glob("*/plan.json")):
+        found = _find_key(json.loads(path.read_text()), ("base_weight_bytes", "quantized_bytes", "frozen_weight_bytes"))
+        if found is not None:
+            return int(found)
+    return None
+
+
+def _find_key(tree, keys: tuple[str, ...]):  # noqa: ANN001, ANN202
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key in keys and isinstance(value, (int, float)):
+                return value
+            if (found := _find_key(value, keys)) is not None:
+                return found
+    if isinstance(tree, list):
+        for value in tree:
+            if (found := _find_key(value, keys)) is not None:
+                return found
+    return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "reasoning")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data (the runs use seed 0)")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every run's steps (0.1 for a smoke run)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1, each its own data seed and run seed")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every arm's steps")
+    parser.add_argument("--quick", action="store_true", help="half the steps (about 15 minutes for one seed on 2 cores)")
     args = parser.parse_args()
     out = args.out.resolve()
+    scale = args.scale * (0.5 if args.quick else 1.0)
+    steps = {name: str(max(2, round(n * scale))) for name, n in STEPS.items()}
     started = time.perf_counter()
-    steps = {name: str(max(2, round(n * args.scale))) for name, n in
-             {"pretrain": 600, "sft": 300, "dpo": 150, "teacher": 600, "moe": 300}.items()}
-    data = out / "data"
-    if not (data / "eval_pairs.jsonl").is_file():
-        subprocess.run([sys.executable, str(HERE / "make_data.py"), str(data), "--seed", str(args.seed)], check=True)
-    if not (out / "tokenizer" / "tokenizer.json").is_file():
-        subprocess.run([sys.executable, "-m", "minimind_spec", "tokenizer", "train", str(data / "pretrain.jsonl"),
-                        str(data / "sft.jsonl"), "--vocab-size", "384", "--out", str(out / "tokenizer")], check=True, cwd=ROOT)
-    pretrain, sft, pairs = (["--pretrain-data", str(data / "pretrain.jsonl")], ["--sft-data", str(data / "sft.jsonl")],
-                            ["--dpo-data", str(data / "pairs.jsonl")])
-    runs: dict[str, Path] = {}
-    runs["base"] = train(out, "student.json", "base", "--stage", "pretrain", *pretrain, "--max-steps", steps["pretrain"])
-    init = ["--init", str(runs["base"] / "pretrain")]
-    runs["sft"] = train(out, "student.json", "sft", "--stage", "sft", "--no-lora", *init, *sft, "--max-steps", steps["sft"])
-    runs["dpo"] = train(out, "student.json", "dpo", "--stage", "dpo", "--no-lora", "--init", str(runs["sft"]), *pairs,
-                        "--max-steps", steps["dpo"])  # the DPO recipe's lr (1e-6, trl's default): the spec sets none
-    runs["teacher"] = train(out, "teacher.json", "teacher", *pretrain, *sft, "--max-steps", steps["teacher"])
-    runs["distill"] = train(out, "student.json", "distill", "--stage", "distill", "--no-lora", *init, "--teacher",
-                            str(runs["teacher"]), "--distill-data", str(data / "sft.jsonl"), "--max-steps", steps["sft"])
-    runs["lora"] = train(out, "student.json", "lora", "--stage", "lora", "--lora-rank", "8", "--lora-targets", "q_proj,v_proj",
-                         *init, *sft, "--max-steps", steps["sft"])
-    runs["moe_aux"] = train(out, "student.json", "moe_aux", "--variant", "MoE", "--stage", "pretrain", *pretrain,
-                            "--max-steps", steps["moe"])
-    runs["moe_no_aux"] = train(out, "student_moe_no_aux.json", "moe_no_aux", "--variant", "MoE", "--stage", "pretrain",
-                               *pretrain, "--max-steps", steps["moe"])
-
-    print("evaluating on held-out problems ...", flush=True)
-    evaluation_started = time.perf_counter()
-    tokenizer = load_tokenizer(out / "tokenizer")
-    problems = [json.loads(line) for line in (data / "eval.jsonl").read_text().splitlines()]
-    accuracy = {name: exact_match(runs[name], tokenizer, problems) for name in ("base", "sft", "dpo", "teacher", "distill", "lora")}
-    cache = build_token_cache(data / "eval_pairs.jsonl", tokenizer, "preference", out / "cache", max_length=128)
-    logps = {name: pair_log_probs(runs[name], cache, tokenizer.pad_id) for name in ("sft", "dpo")}
-    preference = {name: float((lp[:, 0] > lp[:, 1]).mean()) for name, lp in logps.items()}
-    ratio = logps["dpo"] - logps["sft"]  # the DPO policy against its reference, the SFT model
-    margins = DPO_BETA * (ratio[:, 0] - ratio[:, 1])
-    moe = {name: expert_cv(runs[name]) for name in ("moe_aux", "moe_no_aux")}
-    lora_rows = metrics(runs["lora"], "sft")
-    trained = json.loads((runs["lora"] / "sft" / "resolved.json").read_text())
-    result = {
-        "seed": args.seed, "scale": args.scale, "steps": steps,
-        "exact_match": {name: a for name, (a, _) in accuracy.items()},
-        "answer_format": {name: f for name, (_, f) in accuracy.items()},
-        "preference_accuracy": preference, "dpo_heldout_margin": float(margins.mean()),
-        "dpo_heldout_reward_accuracy": float((margins > 0).mean()),
-        "expert_load": {name: {"mean_cv": m, "worst_layer_cv": w, "least_expert_share_of_fair": s}
-                        for name, (m, w, s) in moe.items()},
-        "final_loss": {"sft": metrics(runs["sft"], "sft")[-1].loss, "lora": lora_rows[-1].loss,
-                       "distill_lm": metrics(runs["distill"], "distill")[-1].get("lm_loss")},
-        "lora_targets": [v for k, v in trained.items() if k.startswith("model.lora.targets")],
-        "train_seconds": {name: float((path / ".done").read_text()) for name, path in runs.items()},
-    }
-    result["plots"] = [str(p.name) for p in plot(out, runs)]
-    result["evaluation_seconds"] = time.perf_counter() - evaluation_started
-    result["minutes"] = (sum(result["train_seconds"].values()) + result["evaluation_seconds"]) / 60  # runs cached on a rerun
-    result["this_invocation_minutes"] = (time.perf_counter() - started) / 60
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(report(result))
-    print(report(result))
-
-
-def report(r: dict) -> str:
-    em, pa, moe = r["exact_match"], r["preference_accuracy"], r["expert_load"]
-    gain_full, gain_lora = em["sft"] - em["base"], em["lora"] - em["base"]
-    recovered = f"{gain_lora / gain_full:.0%}" if gain_full > 0 else "n/a (full SFT gained nothing)"
-    lines = [
-        f"Held-out: 200 problems on 60 (a, b, c) triples no SFT problem or pair uses; greedy decoding. Data seed {r['seed']}, "
-        f"run seed 0, steps {r['steps']} (scale {r['scale']}); {r['minutes']:.1f} min of training and evaluation.",
-        "",
-        "| model | exact match | answers in the trained format |",
-        "|---|---|---|",
-        *[f"| {name} | {em[name]:.1%} | {r['answer_format'][name]:.1%} |" for name in em],
-        "",
-        "| result | measured | as expected? |",
-        "|---|---|---|",
-        f"| (a) SFT raises exact match over the base | base {em['base']:.1%} -> sft {em['sft']:.1%} | "
-        f"{'yes' if em['sft'] > em['base'] else 'no'} |",
-        f"| (b) DPO raises preference accuracy and margin, keeps SFT accuracy | preference accuracy (log p chosen > rejected) "
-        f"sft {pa['sft']:.1%} -> dpo {pa['dpo']:.1%}; held-out reward margin {r['dpo_heldout_margin']:+.3f} "
-        f"(reward accuracy {r['dpo_heldout_reward_accuracy']:.1%}); exact match {em['sft']:.1%} -> {em['dpo']:.1%} | "
-        f"{'yes' if pa['dpo'] > pa['sft'] and r['dpo_heldout_margin'] > 0 and em['dpo'] >= em['sft'] - 0.02 else 'no'} |",
-        f"| (c) the distilled student beats the student trained without the teacher | teacher {em['teacher']:.1%}; "
-        f"distilled {em['distill']:.1%} vs sft {em['sft']:.1%} (same init and steps) | "
-        f"{'yes' if em['distill'] > em['sft'] else 'no'} |",
-        f"| (d) LoRA r=8 recovers most of full fine-tuning's gain | lora {em['lora']:.1%} vs full {em['sft']:.1%} over base "
-        f"{em['base']:.1%}: {recovered} of the gain | {'yes' if gain_full > 0 and gain_lora >= 0.5 * gain_full else 'no'} |",
-        f"| (e) with the aux loss expert load stays balanced, without it not | load CV (mean / worst layer) with aux "
-        f"{moe['moe_aux']['mean_cv']:.3f} / {moe['moe_aux']['worst_layer_cv']:.3f}, without "
-        f"{moe['moe_no_aux']['mean_cv']:.3f} / {moe['moe_no_aux']['worst_layer_cv']:.3f}; least-loaded expert "
-        f"{moe['moe_aux']['least_expert_share_of_fair']:.0%} vs {moe['moe_no_aux']['least_expert_share_of_fair']:.0%} of its "
-        f"fair share | {'yes' if moe['moe_aux']['mean_cv'] < moe['moe_no_aux']['mean_cv'] else 'no'} |",
-        "",
-        "Training seconds per arm: " + ", ".join(f"{k} {v:.0f}" for k, v in r["train_seconds"].items()) + ".",
-    ]
-    return "\n".join(lines) + "\n"
+    help_text = cli_flags()
+    seeds: dict[int, dict] = {}
+    for seed in range(args.seeds):
+        seed_dir = out / f"seed{seed}"
+        prepare(seed_dir, seed)
+        status = train_seed(seed_dir, seed, steps, help_text)
+        print(f"[seed {seed}] evaluating ...", flush=True)
+        evaluation_started = time.perf_counter()
+        seeds[seed] = evaluate_seed(seed_dir, status)
+        seeds[seed]["evaluation_seconds"] = time.perf_counter() - evaluation_started
+    result = {"seeds": seeds, "scale": scale, "quick": args.quick, "steps": steps,
+              "plots": [p.name for p in plot(out, out / "seed0" / "runs")],
+              "train_minutes": sum(s.get("seconds", 0) for r in seeds.values() for s in r["arms"].values()) / 60,
+              "this_invocation_minutes": (time.perf_counter() - started) / 60}
+    text, rows = report(result)
+    result["rows"] = rows
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / "results.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
