@@ -11,7 +11,7 @@ the problems need is in pretraining; a held-out problem is a new combination of 
 Pretraining also tells of single purchases with coins (the held-out domain's words and sums).
 
 A second kind, the held-out domain (for adapting a fine-tuned model to something new): money
-problems, "Kim has 43 coins. Kim pays 6 coins for a kite and 8 coins for a lamp. How many
+problems, "Kim has 43 coins. Kim spends 6 coins on a kite and 8 coins on a lamp. How many
 coins does Kim have left?", worked as two subtractions, `43 - 6 = 37. 37 - 8 = 29.` No SFT
 problem pays, spends or subtracts twice, so the SFT model answers them in the wrong pattern.
 
