@@ -56,8 +56,8 @@ from minimind_spec.engine.data.tokenizer import load_tokenizer  # noqa: E402
 from plots import plot  # noqa: E402
 from report import DOMAIN_EVAL, MAIN_EVAL, report  # noqa: E402
 
-STEPS = {"pretrain": 600, "sft": 300, "dpo": 150, "teacher": 600, "moe": 300, "domain": 100, "sft_short": 200,
-         "grpo": 60}  # optimizer steps per arm at --scale 1
+STEPS = {"pretrain": 600, "sft": 150, "dpo": 150, "teacher": 600, "moe": 300, "domain": 100, "sft_short": 100,
+         "grpo": 30}  # optimizer steps per arm at --scale 1
 LORA = ["--stage", "lora", "--lora-rank", "8", "--lora-targets", "q_proj,v_proj"]  # the card's recipe
 
 
