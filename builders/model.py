@@ -24,7 +24,7 @@ from .attention import Attention, build_attention_mask, flash_unavailable
 from .cache import StaticKVCache
 from .inference.generate import generate
 from .lora import LoRAAdapter, Projection, lora_state_dict, merge_lora, unmerge_lora
-from .token_rows import TokenRows
+from .token_rows import TokenRows, reset_token_rows
 from .mlp import GatedMLP
 from .moe import MoE
 from .norm import LayerNorm, RMSNorm
@@ -263,7 +263,8 @@ class MiniMindForCausalLM(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
         """Initialise as MiniMind / Llama do: normal(0, std) for every weight matrix and
-        embedding, norms at one (and zero bias), LoRA A normal and B zero; RoPE tables recomputed."""
+        embedding, norms at one (and zero bias), LoRA A normal and B zero, token rows copied from
+        the rows they replace; RoPE tables recomputed."""
         for module in self.modules():
             if isinstance(module, (LoRAAdapter, TokenRows)):
                 module.reset_parameters(std, generator)
@@ -279,3 +280,4 @@ class MiniMindForCausalLM(nn.Module):
                 if module is self.lm_head and self.tie_word_embeddings:
                     continue
                 param.normal_(0.0, std, generator=generator)
+        reset_token_rows(self)  # fresh token rows are the base's own: the model computes as its base

@@ -37,8 +37,8 @@ class TokenRows(nn.Module):
         self.merged = False
 
     def reset_parameters(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
-        """Rebuild the index buffer (it is not in the state dict) and draw provisional values; a model whose
-        base weights are loaded afterwards resets the rows from them (`reset_from`)."""
+        """Rebuild the index buffer (it is not in the state dict) and draw provisional values; the model then
+        copies the base's rows in (`reset_from`), and again when base weights are loaded into it."""
         with torch.no_grad():
             self.indices.copy_(torch.tensor(self.token_ids, dtype=torch.long))
             self.values.normal_(0.0, std, generator=generator)

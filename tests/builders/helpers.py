@@ -98,3 +98,50 @@ def qwen2_moe_state_dict(ours: torch.nn.Module, c: ModelConfig) -> dict[str, tor
             state[f"{p}.shared_expert.down_proj.weight"] = torch.zeros(c.d_model, hidden)
         state[f"{p}.shared_expert_gate.weight"] = torch.zeros(1, c.d_model)  # sigmoid(0) = 1/2
     return state
+
+
+def trl_dpo_loss(per_token: torch.Tensor, completion: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+                 loss_types: list[str], loss_weights: list[float], beta: float = 0.1) -> float:
+    """trl's DPO loss (DPOTrainer._compute_loss) on a stand-in trainer whose model returns the given
+    per-token log-probs (2 pairs, T - 1), chosen rows first and 0 outside the completion, as trl's model
+    does, with precomputed reference log-probs; skips the test when trl is absent or its internals differ."""
+    import types
+    from collections import defaultdict
+
+    import pytest
+
+    trl = pytest.importorskip("trl")
+    rows, length = completion.shape
+
+    class Outputs:
+        log_probs = per_token
+
+        aux_loss = None
+
+        def __getattr__(self, name: str) -> torch.Tensor:  # trl's other per-token statistics, for its metrics only
+            return torch.zeros_like(per_token, dtype=torch.bool if "top1" in name else per_token.dtype)
+
+    class Model(torch.nn.Module):
+        def forward(self, **kwargs: Any) -> Outputs:
+            return Outputs()
+
+    class Accelerator:
+        device = torch.device("cpu")
+
+        def gather(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+        gather_for_metrics = gather
+
+    model = Model()
+    trainer = types.SimpleNamespace(
+        model=model, accelerator=Accelerator(), aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
+        f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, loss_types=loss_types, loss_weights=loss_weights,
+        beta=beta, label_smoothing=0.0, use_weighting=False, rpo_alpha=None, ref_model=None, args=types.SimpleNamespace(),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
+    inputs = {"input_ids": torch.zeros(rows, length, dtype=torch.long), "attention_mask": torch.ones(rows, length),
+              "completion_mask": completion, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+    try:
+        return float(trl.DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False))
+    except (AttributeError, KeyError, TypeError) as exc:
+        pytest.skip(f"trl {trl.__version__}'s DPOTrainer internals differ from the stand-in: {exc!r}")

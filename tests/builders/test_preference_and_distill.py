@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from builders import distill_loss, dpo_loss
 from builders.techniques import IGNORE_INDEX, causal_lm_loss, divergence_per_token
 
+from .helpers import trl_dpo_loss
+
 # one pair: policy chosen/rejected -10/-12, reference -11/-11: log-ratios +1 and -1, h = 2
 PAIR = (torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]))
 
@@ -107,10 +109,6 @@ def test_dpo_loss_matches_trl():
     """trl computes the DPO loss inside DPOTrainer._compute_loss; run it on a stand-in trainer whose
     model returns given per-token log-probs (0 where not a completion token, as trl's model does),
     with precomputed reference log-probs, and compare the three loss types."""
-    trl = pytest.importorskip("trl")
-    import types
-    from collections import defaultdict
-
     pairs, length = 3, 6
     generator = torch.Generator().manual_seed(0)
     completion = torch.ones(2 * pairs, length, dtype=torch.long)
@@ -118,43 +116,12 @@ def test_dpo_loss_matches_trl():
     completion[1, 5] = 0  # padding
     per_token = -torch.rand(2 * pairs, length - 1, generator=generator) * 3 * completion[:, 1:]
     ref_chosen, ref_rejected = -torch.rand(pairs, generator=generator) * 10, -torch.rand(pairs, generator=generator) * 10
-
-    class Outputs:
-        log_probs = per_token
-        aux_loss = None
-
-        def __getattr__(self, name):  # trl's other per-token statistics, for its metrics only
-            return torch.zeros_like(per_token, dtype=torch.bool if "top1" in name else per_token.dtype)
-
-    class Model(torch.nn.Module):
-        def forward(self, **kwargs):
-            return Outputs()
-
-    class Accelerator:
-        device = torch.device("cpu")
-
-        def gather(self, x):
-            return x
-
-        gather_for_metrics = gather
-
-    model = Model()
     logps = per_token.sum(1)  # (2 pairs,) chosen rows first, as trl batches them
     tokens = completion[:, 1:].sum(1).float()
     for loss_type in ("sigmoid", "hinge", "ipo"):
-        trainer = types.SimpleNamespace(
-            model=model, accelerator=Accelerator(), aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
-            f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, loss_types=[loss_type], loss_weights=[1.0], beta=0.1,
-            label_smoothing=0.0, use_weighting=False, rpo_alpha=None, ref_model=None, args=types.SimpleNamespace(),
-            _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
-        inputs = {"input_ids": torch.zeros(2 * pairs, length, dtype=torch.long), "attention_mask": torch.ones(2 * pairs, length),
-                  "completion_mask": completion, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
-        try:
-            theirs = trl.DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
-        except (AttributeError, KeyError, TypeError) as exc:
-            pytest.skip(f"trl {trl.__version__}'s DPOTrainer internals differ from the stand-in: {exc!r}")
+        theirs = trl_dpo_loss(per_token, completion, ref_chosen, ref_rejected, [loss_type], [1.0])
         policy, chosen_ref, rejected_ref = logps, ref_chosen, ref_rejected
         if loss_type == "ipo":  # per-token means, of the policy and of the reference
             policy, chosen_ref, rejected_ref = logps / tokens, ref_chosen / tokens[:pairs], ref_rejected / tokens[pairs:]
         ours, _, _ = dpo_loss(policy[:pairs], policy[pairs:], chosen_ref, rejected_ref, beta=0.1, loss_type=loss_type)
-        assert ours.mean().item() == pytest.approx(float(theirs), rel=1e-6), loss_type
+        assert ours.mean().item() == pytest.approx(theirs, rel=1e-6), loss_type

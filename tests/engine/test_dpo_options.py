@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import types
-from collections import defaultdict
-
 import numpy as np
 import pytest
 import torch
@@ -26,6 +23,7 @@ from minimind_spec.engine.train.stages.preference import DPOLoss, Precomputed
 from minimind_spec.metrics import MetricsRow
 from minimind_spec.objectives import PreferenceObjective
 
+from ..builders.helpers import trl_dpo_loss
 from .conftest import metrics
 
 PAIRS, LENGTH, VOCAB, PROMPT = 3, 7, 11, 2
@@ -67,41 +65,9 @@ def _per_token(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
 
 def _trl_loss(per_token: torch.Tensor, completion: torch.Tensor, ref: torch.Tensor, loss_types: list[str],
               weights: list[float]) -> float:
-    """trl's DPOTrainer._compute_loss on a stand-in trainer (chosen rows first, as trl batches them)."""
-    trl = pytest.importorskip("trl")
+    """trl's DPO loss on the same log-probs (its batches put the chosen rows first; ours interleave them)."""
     order = torch.cat([torch.arange(0, 2 * PAIRS, 2), torch.arange(1, 2 * PAIRS, 2)])  # interleaved -> chosen first
-
-    class Outputs:
-        log_probs = per_token[order].float()
-        aux_loss = None
-
-        def __getattr__(self, name):  # trl's other per-token statistics, for its metrics only
-            return torch.zeros_like(per_token, dtype=torch.bool if "top1" in name else torch.float32)
-
-    class Model(torch.nn.Module):
-        def forward(self, **kwargs):
-            return Outputs()
-
-    class Accelerator:
-        device = torch.device("cpu")
-
-        def gather(self, x):
-            return x
-
-        gather_for_metrics = gather
-
-    model = Model()
-    trainer = types.SimpleNamespace(
-        model=model, accelerator=Accelerator(), aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
-        f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, loss_types=loss_types, loss_weights=weights, beta=0.1,
-        label_smoothing=0.0, use_weighting=False, rpo_alpha=None, ref_model=None, args=types.SimpleNamespace(),
-        _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
-    inputs = {"input_ids": torch.zeros(2 * PAIRS, LENGTH, dtype=torch.long), "attention_mask": torch.ones(2 * PAIRS, LENGTH),
-              "completion_mask": completion[order], "ref_chosen_logps": ref[0::2].float(), "ref_rejected_logps": ref[1::2].float()}
-    try:
-        return float(trl.DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False))
-    except (AttributeError, KeyError, TypeError) as exc:
-        pytest.skip(f"trl {trl.__version__}'s DPOTrainer internals differ from the stand-in: {exc!r}")
+    return trl_dpo_loss(per_token[order].float(), completion[order], ref[0::2].float(), ref[1::2].float(), loss_types, weights)
 
 
 def _ours(settings: PreferenceObjective, logits: torch.Tensor, batch: PairBatch, ref: torch.Tensor) -> float:
